@@ -155,7 +155,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if path is not None:
             source = str(path)
             if not Path(path).is_file():
-                raise ConfigError(f"{path}: config file not found (pass a YAML file from experiments/configs/)")
+                raise ConfigError(
+                    f"{path}: config file not found (pass a YAML file from experiments/configs/)"
+                )
             cfg = OmegaConf.merge(cfg, *load_yaml_chain(Path(path)))
         if overrides:
             source = "command line"

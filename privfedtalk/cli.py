@@ -1,0 +1,228 @@
+"""`privfedtalk` command line: synth, prepare, pretrain, train, generate, evaluate, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+
+from privfedtalk.errors import PrivFedTalkError
+
+log = logging.getLogger("privfedtalk")
+
+
+def cmd_synth(args) -> None:
+    from privfedtalk.data.synthetic import synthesize_corpus
+
+    info = synthesize_corpus(
+        args.out,
+        identities=args.identities,
+        clips=args.clips,
+        seconds=args.seconds,
+        fps=args.fps,
+        size=args.size,
+        seed=args.seed,
+        public_fraction=args.public_fraction,
+    )
+    log.info("wrote synthetic corpus to %s: %s", args.out, json.dumps(info)[:300])
+
+
+def cmd_pretrain(args) -> None:
+    from privfedtalk.config import load_config
+    from privfedtalk.pretrain import pretrain
+
+    pretrain(load_config(args.config, args.overrides))
+
+
+def load_model(args):
+    """Generator + identity encoder from a checkpoint, or from a federated run and one client."""
+    from privfedtalk.model.generator import TalkingHeadGenerator
+    from privfedtalk.model.identity import IdentityEncoder
+
+    if getattr(args, "run", None):
+        from privfedtalk.federated.simulation import load_personalized_model
+
+        return load_personalized_model(args.run, args.client)
+    if not args.checkpoint:
+        raise PrivFedTalkError("give --checkpoint DIR (a pretrained checkpoint) or --run RUN_DIR --client ID")
+    model = TalkingHeadGenerator.from_pretrained(args.checkpoint)
+    return model, IdentityEncoder.load(args.checkpoint)
+
+
+def read_reference(path: str, size: int):
+    """First frame of a video, or an image file, centre-cropped to a square and resized."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    from privfedtalk.data.media import read_video
+    from privfedtalk.errors import MediaError
+
+    if not Path(path).is_file():
+        raise MediaError(path, "reference not found", "give an image or a video file")
+    if Path(path).suffix.lower() in {".mp4", ".mkv", ".mov", ".avi", ".webm"}:
+        frame = read_video(path)[0][0]
+        image = Image.fromarray(frame)
+    else:
+        try:
+            image = Image.open(path).convert("RGB")
+        except (UnidentifiedImageError, OSError):
+            raise MediaError(path, "not a readable image", "give a PNG/JPEG image or a video") from None
+    side = min(image.size)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    image = image.crop((left, top, left + side, top + side)).resize((size, size), Image.LANCZOS)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def cmd_generate(args) -> None:
+    from privfedtalk.data.audio import frame_audio_features
+    from privfedtalk.data.media import read_audio, write_video
+    from privfedtalk.runtime import setup_torch
+
+    setup_torch(args.threads)
+    model, _ = load_model(args)
+    spec = model.spec
+    reference = read_reference(args.reference, spec.size)
+    audio = read_audio(args.audio, spec.sample_rate)
+    frames = max(1, math.ceil(len(audio) / spec.sample_rate * spec.fps - 1e-6))
+    features = frame_audio_features(
+        audio,
+        spec.sample_rate,
+        spec.fps,
+        frames,
+        n_mels=spec.n_mels,
+        hop_ms=spec.hop_ms,
+        window_ms=spec.window_ms,
+    )
+    video = model.generate(reference, features, seed=args.seed, steps=args.steps)
+    write_video(args.out, video, spec.fps, audio=audio, sample_rate=spec.sample_rate)
+    log.info("wrote %s (%d frames, %.2f s of audio)", args.out, len(video), len(audio) / spec.sample_rate)
+
+
+def eval_clips(data: str, identities, spec, max_clips: int | None):
+    from privfedtalk.data.corpus import LoadReport, load_identity, read_split
+    from privfedtalk.errors import MediaError
+
+    if identities:
+        names = identities
+    else:
+        split = read_split(data)
+        names = split["private"] if split else None
+        if names is None:
+            from privfedtalk.data.corpus import list_identities
+
+            names = list_identities(data)
+    report = LoadReport()
+    clips = []
+    for name in names:
+        try:
+            clips.extend(load_identity(data, name, spec, size=spec.size, report=report))
+        except MediaError as err:
+            log.warning("%s", err)
+            report.add_skip(err.path, err.reason)
+    log.info("evaluation data: %s", report.summary())
+    if not clips:
+        raise PrivFedTalkError(f"{data}: no usable clips to evaluate ({report.summary()})")
+    return clips[:max_clips] if max_clips else clips
+
+
+def cmd_evaluate(args) -> None:
+    from tqdm import tqdm
+
+    from privfedtalk.evaluate import evaluate_clips
+    from privfedtalk.runtime import setup_torch
+
+    setup_torch(args.threads)
+    model, encoder = load_model(args)
+    clips = eval_clips(args.data, args.identities, model.spec, args.max_clips)
+    with tqdm(total=len(clips), desc="evaluate", leave=False) as bar:
+        result = evaluate_clips(
+            model, encoder, clips, seed=args.seed, controls=not args.no_controls, progress=bar.update
+        )
+    if not args.per_clip:
+        result.pop("per_clip")
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:32s} {value}")
+
+
+def cmd_demo(args) -> None:
+    from privfedtalk.demo import run_demo
+
+    run_demo(Path(args.out), quick=args.quick)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="privfedtalk", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="write the embedded synthetic talking-head corpus")
+    p.add_argument("--out", required=True)
+    p.add_argument("--identities", type=int, default=12)
+    p.add_argument("--clips", type=int, default=4)
+    p.add_argument("--seconds", type=float, default=4.0)
+    p.add_argument("--fps", type=float, default=25.0)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--public-fraction", type=float, default=0.5)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("pretrain", help="train VAE + U-Net on the public identities")
+    p.add_argument("config", nargs="?", help="YAML config (experiments/configs/...)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    p.set_defaults(func=cmd_pretrain)
+
+    for name, helptext in (("generate", "write a talking-head mp4"), ("evaluate", "score held-out clips")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--checkpoint", help="pretrained checkpoint folder")
+        p.add_argument("--run", help="federated run folder (with --client)")
+        p.add_argument("--client", help="client id whose identity adapter to use (with --run)")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--threads", type=int, default=2)
+        if name == "generate":
+            p.add_argument("--reference", required=True, help="image or video of the identity")
+            p.add_argument("--audio", required=True, help="wav or mp4 with the driving audio")
+            p.add_argument("--out", required=True)
+            p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: checkpoint's)")
+            p.set_defaults(func=cmd_generate)
+        else:
+            p.add_argument("--data", required=True)
+            p.add_argument("--identities", nargs="*", help="default: split.json 'private', else all")
+            p.add_argument("--max-clips", type=int, default=None)
+            p.add_argument("--no-controls", action="store_true", help="skip silence / other-audio controls")
+            p.add_argument("--per-clip", action="store_true")
+            p.add_argument("--json", action="store_true")
+            p.set_defaults(func=cmd_evaluate)
+
+    from privfedtalk.data.prepare import add_prepare_parser
+
+    add_prepare_parser(sub)
+
+    p = sub.add_parser("demo", help="synth -> pretrain -> evaluate on the embedded corpus")
+    p.add_argument("--out", default="demo_out")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, for smoke tests")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    try:
+        args.func(args)
+    except PrivFedTalkError as err:
+        print(f"privfedtalk: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("privfedtalk: interrupted (finished rounds are kept; resume with --resume)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Session fixtures shared across test folders: a tiny synthetic corpus and a tiny pretrained backbone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from privfedtalk.config import load_config
+from privfedtalk.demo import QUICK
+
+torch.set_num_threads(2)
+
+
+def tiny_overrides(root, out_dir) -> list[str]:
+    return [f"data.root={root}", "data.size=32", f"out_dir={out_dir}"] + QUICK["pretrain"]
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory):
+    """4 identities (2 public, 2 private) x 2 clips x 1 s at 32x32."""
+    from privfedtalk.data.synthetic import synthesize_corpus
+
+    root = tmp_path_factory.mktemp("corpus")
+    synthesize_corpus(root, identities=4, clips=2, seconds=1.0, size=32, seed=3)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_corpus, tmp_path_factory):
+    from privfedtalk.pretrain import pretrain
+
+    out = tmp_path_factory.mktemp("pretrain")
+    return pretrain(load_config(None, tiny_overrides(tiny_corpus, out)))
+
+
+@pytest.fixture()
+def tiny_federated_config(tiny_corpus, tiny_checkpoint, tmp_path):
+    def make(*extra):
+        return load_config(
+            None,
+            tiny_overrides(tiny_corpus, tmp_path / "run")
+            + QUICK["federated"]
+            + [
+                f"federated.checkpoint={tiny_checkpoint}",
+                "federated.rounds=3",
+                "federated.clients_per_round=2",
+            ]
+            + list(extra),
+        )
+
+    return make
