@@ -1,0 +1,215 @@
+"""One virtual client's turn: local training of shared + identity adapters, signals, and its upload.
+
+Everything here runs "on the device" of the client. What leaves it is a `ClientUpdate` (sample
+count and quantized reliability scalars, then a clipped, weighted, noised vector that the secure
+aggregation masks); the identity adapter and the media stay in the client's slot.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from privfedtalk.federated.aggregation import fedprox_term
+from privfedtalk.model import adapters
+from privfedtalk.model.latents import LatentClip, sample_windows
+from privfedtalk.privacy.dp import clip_to_norm, quantize_unit_scalar
+
+
+@dataclass
+class ClientData:
+    """A client's private data: its training clips (latents cached) and its held-out clip names."""
+
+    client_id: str
+    identities: list[str]
+    train: list[LatentClip]
+    heldout: list[str] = field(default_factory=list)  # "identity/clip" names kept for evaluation
+
+    @property
+    def num_samples(self) -> int:
+        return sum(len(clip) for clip in self.train)
+
+
+@dataclass
+class ClientUpdate:
+    """The only thing a client hands back after local training (before the privacy step).
+
+    delta: change of the shared parameters (flat float32); signals: quantized reliability
+    scalars in [0, 1]. No identity-adapter tensor, no media, no loss curve.
+    """
+
+    client_id: str
+    num_samples: int
+    delta: torch.Tensor
+    signals: dict[str, float]
+
+
+@dataclass
+class LocalReport:
+    """Client-side diagnostics for the simulation's logs (a deployment would keep them on device)."""
+
+    loss: float
+    tdc: float
+    train_seconds: float
+    swap_seconds: float
+
+
+def shared_parameters(unet, federate: str) -> list[torch.nn.Parameter]:
+    """Parameters that are aggregated: the shared LoRA adapter, or the whole U-Net backbone."""
+    if federate == "unet":
+        return [p for n, p in unet.named_parameters() if "lora_" not in n]
+    return adapters.adapter_parameters(unet, adapters.SHARED)
+
+
+def get_flat(params) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1).float().cpu() for p in params])
+
+
+def set_flat(params, vector: torch.Tensor) -> None:
+    offset = 0
+    with torch.no_grad():
+        for p in params:
+            n = p.numel()
+            p.copy_(vector[offset : offset + n].view_as(p).to(p.device, p.dtype))
+            offset += n
+
+
+class LocalTrainer:
+    """Runs clients one after another on the single U-Net in memory."""
+
+    def __init__(self, model, identity_encoder, store, fed_cfg, window: int, condition_dropout: float = 0.0):
+        self.model = model
+        self.encoder = identity_encoder
+        self.store = store
+        self.cfg = fed_cfg
+        self.window = window
+        self.condition_dropout = condition_dropout
+        unet = model.unet
+        self.shared = shared_parameters(unet, fed_cfg.federate)
+        self.identity = adapters.adapter_parameters(unet, adapters.IDENTITY)
+        self.fresh_identity = adapters.adapter_state(unet, adapters.IDENTITY) if self.identity else None
+
+    # -- adapter slot swap ----------------------------------------------------------------------
+    def swap_in(self, client: ClientData, global_shared: torch.Tensor) -> None:
+        set_flat(self.shared, global_shared)
+        if self.identity:
+            state = (
+                self.store.load_identity(client.client_id)
+                if self.store.has_identity(client.client_id)
+                else None
+            )
+            adapters.load_adapter_state(self.model.unet, adapters.IDENTITY, state or self.fresh_identity)
+
+    def swap_out(self, client: ClientData, round_index: int) -> None:
+        if self.identity:
+            state = adapters.adapter_state(self.model.unet, adapters.IDENTITY)
+            self.store.stage_identity(client.client_id, state, round_index)
+
+    # -- the local round ------------------------------------------------------------------------
+    def run(self, client: ClientData, global_shared: torch.Tensor, round_index: int, seed: int):
+        """Train locally from the broadcast shared state; return (ClientUpdate, LocalReport)."""
+        cfg = self.cfg
+        generator = torch.Generator().manual_seed(seed)
+        t0 = time.perf_counter()
+        self.swap_in(client, global_shared)
+        swap = time.perf_counter() - t0
+
+        model, device = self.model, self.model.device
+        global_copy = [p.detach().clone() for p in self.shared]
+        params = self.shared + self.identity
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+        model.unet.train()
+        losses, tdcs = [], []
+        t1 = time.perf_counter()
+        for _ in range(cfg.local_steps):
+            latents, reference, audio = sample_windows(
+                client.train, cfg.batch_windows, self.window, generator
+            )
+            out = model.loss(
+                latents.to(device),
+                reference.to(device),
+                audio.to(device),
+                generator,
+                lambda_tdc=cfg.lambda_tdc,
+                tdc_space=cfg.tdc_space,
+                condition_dropout=self.condition_dropout,
+            )
+            loss = out["total"]
+            if cfg.mu > 0:
+                loss = loss + fedprox_term(self.shared, global_copy, cfg.mu)
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            losses.append(float(out["diffusion"]))
+            tdcs.append(float(out.get("tdc", torch.zeros(()))))
+        model.unet.eval()
+        train_seconds = time.perf_counter() - t1
+
+        signals = self.reliability_signals(client, generator)
+        t2 = time.perf_counter()
+        delta = get_flat(self.shared) - global_shared
+        self.swap_out(client, round_index)
+        swap += time.perf_counter() - t2
+        update = ClientUpdate(client.client_id, client.num_samples, delta, signals)
+        report = LocalReport(float(np.mean(losses)), float(np.mean(tdcs)), train_seconds, swap)
+        return update, report
+
+    @torch.no_grad()
+    def reliability_signals(self, client: ClientData, generator: torch.Generator) -> dict[str, float]:
+        """Identity consistency and temporal stability of the locally trained model, on own data.
+
+        The model denoises windows noised to the middle of the schedule. ID: cosine similarity of
+        the identity encoder's embeddings of the decoded prediction and of the decoded reference.
+        TS = 1/(1 + J), J the mean L1 error between predicted and true adjacent-frame differences
+        of the clean latents (unit-variance units). Both are clipped to [0, 1] and quantized to
+        `signal_bits` bits before they leave the client.
+        """
+        model, device = self.model, self.model.device
+        latents, reference, audio = sample_windows(
+            client.train, self.cfg.signal_windows, self.window, generator
+        )
+        batch, window = latents.shape[:2]
+        flat = latents.flatten(0, 1).to(device)
+        half = model.scheduler.config.num_train_timesteps // 2
+        t = torch.full((flat.shape[0],), half, device=device, dtype=torch.long)
+        noise = torch.randn(flat.shape, generator=generator).to(device)
+        noisy = model.scheduler.add_noise(flat, noise, t)
+        ref = reference.to(device).repeat_interleave(window, dim=0)
+        output = model.denoise(noisy, t, ref, audio.flatten(0, 1).to(device))
+        predicted = model._predicted_x0(noisy, output, t)
+        pixels = torch.as_tensor(model.decode_latents(predicted)).float().permute(0, 3, 1, 2) / 127.5 - 1
+        ref_pixels = torch.as_tensor(model.decode_latents(reference)).float().permute(0, 3, 1, 2) / 127.5 - 1
+        emb = self.encoder.embed(pixels).view(batch, window, -1)
+        ref_emb = self.encoder.embed(ref_pixels).unsqueeze(1)
+        identity = float(F.cosine_similarity(emb, ref_emb, dim=-1).mean())
+        pred_steps = predicted.view(latents.shape).diff(dim=1).cpu()
+        true_steps = latents.diff(dim=1)
+        jitter = float((pred_steps - true_steps).abs().mean())
+        bits = self.cfg.signal_bits
+        return {
+            "identity_consistency": quantize_unit_scalar(float(np.clip(identity, 0, 1)), bits),
+            "temporal_stability": quantize_unit_scalar(1.0 / (1.0 + jitter), bits),
+        }
+
+
+def privatize(
+    update: ClientUpdate, weight: float, clip_norm: float | None, noise_std: float, rng: np.random.Generator
+) -> tuple[np.ndarray, float]:
+    """Client-side privacy step: clip to C, multiply by the server-assigned weight, add a noise share.
+
+    Returns the vector to be masked and the update's norm before clipping. Weighting happens here,
+    before masking, so the secure sum is exactly Σ w_k·clip(Δ_k) + noise.
+    """
+    vector = update.delta.numpy().astype(np.float64)
+    norm = float(np.linalg.norm(vector))
+    if clip_norm is not None and clip_norm > 0:
+        vector, norm = clip_to_norm(vector, clip_norm)
+    vector = vector * weight
+    if noise_std > 0:
+        vector = vector + rng.normal(0.0, noise_std, size=vector.shape)
+    return vector, norm
