@@ -26,8 +26,16 @@ def cmd_synth(args) -> None:
         size=args.size,
         seed=args.seed,
         public_fraction=args.public_fraction,
+        private_clips=args.private_clips,
     )
-    log.info("wrote synthetic corpus to %s: %s", args.out, json.dumps(info)[:300])
+    split = info["split"]
+    log.info(
+        "wrote %d identities (%d public, %d private) to %s",
+        len(info["identities"]),
+        len(split["public"]),
+        len(split["private"]),
+        args.out,
+    )
 
 
 def cmd_pretrain(args) -> None:
@@ -170,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--public-fraction", type=float, default=0.5)
+    p.add_argument(
+        "--private-clips", type=int, default=None, help="clips per private identity (default: --clips)"
+    )
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("pretrain", help="train VAE + U-Net on the public identities")

@@ -68,6 +68,7 @@ class ModelConfig:
     vae: VAEConfig = field(default_factory=VAEConfig)
     unet: UNetConfig = field(default_factory=UNetConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    anchor_decode: bool = True  # decode frames as reference + D(z_t) - D(z_ref) (see generator.generate)
     identity_steps: int = 300  # identity-encoder training steps (public identities only)
 
 

@@ -517,6 +517,7 @@ def synthesize_corpus(
     size: int = 64,
     seed: int = 0,
     public_fraction: float = 0.5,
+    private_clips: int | None = None,
 ) -> dict:
     """Write the synthetic corpus and return its manifest.
 
@@ -524,6 +525,8 @@ def synthesize_corpus(
     out_dir/split.json {"public": [...], "private": [...]}. Identity k and its clip c depend only on
     (seed, k, c, seconds, fps, size), not on how many identities or clips are requested.
     Returns {"root", "identities", "split", "clips": {identity: [relative mp4 paths]}, "fps", "size", ...}.
+    `private_clips` (default `clips`) sets the clip count of private identities: many public identities
+    with few clips each make a backbone that generalizes, while clients need several clips each.
     """
     if identities < 1 or clips < 1:
         raise ValueError("identities and clips must be >= 1")
@@ -532,12 +535,15 @@ def synthesize_corpus(
     num = int(round(seconds * fps))
     n_audio = int(round(num / fps * SAMPLE_RATE))
     names = [identity_name(k) for k in range(identities)]
+    n_pub = int(math.floor(identities * public_fraction + 0.5))
+    if identities >= 2:
+        n_pub = min(max(n_pub, 1), identities - 1)
     manifest_clips: dict[str, list[str]] = {}
     for k, ident in enumerate(names):
         face = _make_face(seed, k, size)
         (root / ident).mkdir(exist_ok=True)
         manifest_clips[ident] = []
-        for c in range(clips):
+        for c in range(clips if k < n_pub or private_clips is None else private_clips):
             rng = np.random.default_rng([seed, k, 1000 + c])
             audio, env = synth_speech(rng, n_audio / SAMPLE_RATE, face.f0, face.formant_scale, face.breath)
             centres = np.rint((np.arange(num) + 0.5) / fps * SAMPLE_RATE).astype(int)
@@ -562,9 +568,6 @@ def synthesize_corpus(
             }
             stem.with_suffix(".json").write_text(json.dumps(truth, sort_keys=True) + "\n")
             manifest_clips[ident].append(f"{ident}/{clip_name(c)}.mp4")
-    n_pub = int(math.floor(identities * public_fraction + 0.5))
-    if identities >= 2:
-        n_pub = min(max(n_pub, 1), identities - 1)
     split = {"public": names[:n_pub], "private": names[n_pub:]}
     (root / "split.json").write_text(json.dumps(split, indent=1, sort_keys=True) + "\n")
     return {

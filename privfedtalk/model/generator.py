@@ -36,6 +36,7 @@ class GeneratorSpec:
     prediction_type: str = "v_prediction"
     sample_steps: int = 20
     guidance_scale: float = 1.0
+    anchor_decode: bool = True
 
     @property
     def audio_tokens(self) -> int:
@@ -162,6 +163,7 @@ class TalkingHeadGenerator(nn.Module):
             prediction_type=model.diffusion.prediction_type,
             sample_steps=model.diffusion.sample_steps,
             guidance_scale=model.diffusion.guidance_scale,
+            anchor_decode=model.anchor_decode,
         )
         if model.unet.cross_attention_dim != model.unet.audio_tokens_dim:
             raise PrivFedTalkError(
@@ -337,13 +339,27 @@ class TalkingHeadGenerator(nn.Module):
             outputs.append(latent.float().cpu())
         return torch.cat(outputs)
 
-    def generate(self, reference_frame, audio_features, seed: int = 0, **kwargs) -> np.ndarray:
-        """uint8 reference frame (H, W, 3) + features (frames, tokens, n_mels) -> uint8 video."""
-        reference = self.encode_frames(np.asarray(reference_frame)[None])[0]
+    def generate(
+        self, reference_frame, audio_features, seed: int = 0, anchor: bool | None = None, **kwargs
+    ) -> np.ndarray:
+        """uint8 reference frame (H, W, 3) + features (frames, tokens, n_mels) -> uint8 video.
+
+        With reference-anchored decoding (spec.anchor_decode), frame t is
+        reference + D(z_t) − D(z_ref): the VAE decodes only what changed relative to the reference,
+        so parts the model leaves unchanged keep the reference's exact pixels instead of the
+        VAE's reconstruction error.
+        """
+        reference_frame = np.asarray(reference_frame)
+        reference = self.encode_frames(reference_frame[None])[0]
         features = torch.as_tensor(np.asarray(audio_features), dtype=torch.float32)
         generator = torch.Generator().manual_seed(seed)
         latents = self.sample(reference, features, generator, **kwargs)
-        return self.decode_latents(latents)
+        decoded = self.decode_latents(latents)
+        if not (self.spec.anchor_decode if anchor is None else anchor):
+            return decoded
+        base = self.decode_latents(reference[None])[0].astype(np.int16)
+        change = decoded.astype(np.int16) - base
+        return np.clip(reference_frame.astype(np.int16)[None] + change, 0, 255).astype(np.uint8)
 
 
 def load_pretrained(model_class, folder, what: str):
