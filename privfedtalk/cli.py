@@ -136,6 +136,19 @@ def eval_clips(data: str, identities, spec, max_clips: int | None):
     return clips[:max_clips] if max_clips else clips
 
 
+def client_heldout_clips(run: str, client: str, spec):
+    """The clips a client kept out of its local training (recorded in its slot)."""
+    from privfedtalk.config import Config, load_config
+    from privfedtalk.data.corpus import load_named_clips
+    from privfedtalk.federated.store import ClientStore
+
+    cfg = load_config(Path(run) / "config.yaml", schema=Config)
+    cached = ClientStore(run).load_latents(client)
+    if cached is None or not cached[1]["heldout"]:
+        raise PrivFedTalkError(f"{run}: client {client!r} has no held-out clips recorded; pass --data DIR")
+    return load_named_clips(cfg.data.root, cached[1]["heldout"], spec, size=spec.size)
+
+
 def cmd_evaluate(args) -> None:
     from tqdm import tqdm
 
@@ -144,10 +157,26 @@ def cmd_evaluate(args) -> None:
 
     setup_torch(args.threads)
     model, encoder = load_model(args)
-    clips = eval_clips(args.data, args.identities, model.spec, args.max_clips)
+    if args.data:
+        clips = eval_clips(args.data, args.identities, model.spec, args.max_clips)
+    elif args.run and args.client:
+        clips = client_heldout_clips(args.run, args.client, model.spec)
+    else:
+        raise PrivFedTalkError(
+            "give --data DIR (or --run RUN --client ID to score that client's held-out clips)"
+        )
     with tqdm(total=len(clips), desc="evaluate", leave=False) as bar:
+        options = {"anchor": False} if args.no_anchor else {}
+        if args.steps:
+            options["steps"] = args.steps
         result = evaluate_clips(
-            model, encoder, clips, seed=args.seed, controls=not args.no_controls, progress=bar.update
+            model,
+            encoder,
+            clips,
+            seed=args.seed,
+            controls=not args.no_controls,
+            progress=bar.update,
+            **options,
         )
     if not args.per_clip:
         result.pop("per_clip")
@@ -202,10 +231,16 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: checkpoint's)")
             p.set_defaults(func=cmd_generate)
         else:
-            p.add_argument("--data", required=True)
+            p.add_argument(
+                "--data", help="corpus root (default with --run/--client: that client's held-out clips)"
+            )
             p.add_argument("--identities", nargs="*", help="default: split.json 'private', else all")
             p.add_argument("--max-clips", type=int, default=None)
             p.add_argument("--no-controls", action="store_true", help="skip silence / other-audio controls")
+            p.add_argument(
+                "--no-anchor", action="store_true", help="plain VAE decoding (no reference anchoring)"
+            )
+            p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: checkpoint's)")
             p.add_argument("--per-clip", action="store_true")
             p.add_argument("--json", action="store_true")
             p.set_defaults(func=cmd_evaluate)

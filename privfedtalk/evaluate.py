@@ -73,22 +73,27 @@ def mean_scores(rows: list[dict]) -> dict:
     return out
 
 
-def evaluate_clips(model, encoder, clips, seed: int = 0, controls: bool = True, progress=None) -> dict:
+def evaluate_clips(
+    model, encoder, clips, seed: int = 0, controls: bool = True, progress=None, **generate_kwargs
+) -> dict:
     """Generate every clip from its first frame and own audio; optionally the two audio controls.
 
+    generate_kwargs go to model.generate (e.g. steps=10, anchor=False).
     Controls prove the audio drives the mouth: the same clips driven by silence, and by another
     clip's audio (the next clip in the list, tiled or cut to length).
     """
     rows, silent_rows, swapped_rows = [], [], []
     real_features, fake_features = [], []
     for index, clip in enumerate(clips):
-        generated = model.generate(clip.frames[0], clip.features, seed=seed)
+        generated = model.generate(clip.frames[0], clip.features, seed=seed, **generate_kwargs)
         rows.append(score_clip(generated, clip, encoder))
         real_features.append(identity_features(encoder, clip.frames))
         fake_features.append(identity_features(encoder, generated))
         if controls and clip.truth is not None:
             silence = np.zeros_like(clip.audio)
-            gen_silent = model.generate(clip.frames[0], clip_features(clip, silence, model.spec), seed=seed)
+            gen_silent = model.generate(
+                clip.frames[0], clip_features(clip, silence, model.spec), seed=seed, **generate_kwargs
+            )
             silent_rows.append(score_clip(gen_silent, clip, encoder))
             if len(clips) > 1:
                 other = clips[(index + 1) % len(clips)].audio

@@ -293,3 +293,17 @@ def window_starts(num_frames: int, window: int, stride: int = 1) -> np.ndarray:
     if num_frames < window:
         return np.zeros(0, np.int64)
     return np.arange(0, num_frames - window + 1, stride, dtype=np.int64)
+
+
+def load_named_clips(root, names: list[str], audio_cfg, size: int | None = None) -> list[Clip]:
+    """Clips named "identity/clip-stem" (as a client's held-out list records them) under root."""
+    clips = []
+    for name in names:
+        identity, stem = name.split("/", 1)
+        matches = [p for p in find_clips(Path(root) / identity) if p.stem == stem]
+        if not matches:
+            raise MediaError(
+                Path(root) / identity / stem, "held-out clip not found", "check the run's data.root"
+            )
+        clips.append(load_clip(matches[0], audio_cfg, size=size, identity=identity))
+    return clips

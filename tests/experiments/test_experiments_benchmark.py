@@ -1,0 +1,92 @@
+"""experiments/run_benchmark.py, preset tiny: every output exists with finite numbers; reruns reuse."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "run_benchmark.py"
+ARGS = ["--preset", "tiny", "--seeds", "1", "--only", "fedavg", "privfedtalk", "threads=1"]
+OUTPUTS = [
+    "table.md",
+    "table.csv",
+    "table.json",
+    "table.tex",
+    "README.md",
+    "convergence.png",
+    "privacy_utility.png",
+    "qualitative.png",
+    "samples/fedavg.mp4",
+    "samples/privfedtalk.mp4",
+]
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("run_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    threads = torch.get_num_threads()  # threads=1 is applied process-wide by the runs
+    module = load_benchmark()
+    out = tmp_path_factory.mktemp("bench")
+    table = module.main(ARGS + ["--out", str(out)])
+    yield module, out, table
+    torch.set_num_threads(threads)
+
+
+def test_tiny_benchmark_writes_every_output_with_finite_numbers(bench):
+    _, out, _ = bench
+    folder = out / "tiny"
+    for name in OUTPUTS:
+        assert (folder / name).is_file() and (folder / name).stat().st_size > 0, name
+    table = json.loads((folder / "table.json").read_text())
+    assert [row["row"] for row in table["main"]] == ["fedavg", "privfedtalk"]
+    assert table["ablation"] == [] and table["privacy"] == []
+    keys = [c["key"] for c in table["columns"]]
+    assert {"psnr", "ssim", "mouth_psnr", "sync_corr", "id_sim", "jitter", "fd_identity_features"} <= set(
+        keys
+    )
+    assert {"upload_kb", "round_s", "peak_mib", "epsilon"} <= set(keys)
+    for row in table["main"]:
+        for key in keys:
+            value = row["mean"][key]
+            if key == "epsilon" and row["row"] == "fedavg":
+                assert value is None  # no DP: ε = ∞
+                continue
+            assert isinstance(value, float) and math.isfinite(value), (row["row"], key, value)
+    rows = {row["row"]: row for row in table["main"]}
+    # Secure aggregation uploads 64-bit fixed-point words, FedAvg float32: twice the bytes.
+    assert rows["privfedtalk"]["mean"]["upload_kb"] == pytest.approx(2 * rows["fedavg"]["mean"]["upload_kb"])
+    assert 0 < rows["privfedtalk"]["mean"]["epsilon"] <= 8.0 + 1e-6
+    assert "FD (identity-encoder features; not FID)" in (folder / "table.md").read_text()
+    assert "beyond seed spread" in (folder / "README.md").read_text()
+    for run in ("fedavg/seed0", "privfedtalk/seed0"):
+        assert (folder / "runs" / run / "eval.json").is_file()
+
+
+def test_second_invocation_reuses_finished_rows(bench, caplog):
+    module, out, _ = bench
+    runs = out / "tiny" / "runs"
+    before = {p: p.stat().st_mtime_ns for p in runs.rglob("*") if p.name in ("state.json", "eval.json")}
+    caplog.set_level(logging.INFO, logger="privfedtalk.benchmark")
+    table = module.main(ARGS + ["--out", str(out)])
+    assert {k: v["status"] for k, v in table["runs"].items()} == {
+        "fedavg/seed0": "reused",
+        "privfedtalk/seed0": "reused",
+    }
+    after = {p: p.stat().st_mtime_ns for p in runs.rglob("*") if p.name in ("state.json", "eval.json")}
+    assert before == after and len(before) == 4
+    assert sorted(p.name for p in runs.iterdir()) == ["fedavg", "privfedtalk"]
+    assert "reused" in caplog.text and "backbone: reused" in caplog.text
