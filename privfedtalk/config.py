@@ -137,7 +137,8 @@ class Config:
     seed: int = 0
     threads: int = 2
     device: str = "auto"  # auto | cpu | cuda
-    mixed_precision: str = "no"  # no | fp16 | bf16 (CUDA only)
+    mixed_precision: str = "no"  # no | fp16 | bf16 (CUDA only; fp32 runs on CPU, with a warning)
+    gradient_checkpointing: bool = False  # U-Net activation checkpointing (CUDA; slower on CPU)
     out_dir: str = "runs/pretrain"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

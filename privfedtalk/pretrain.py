@@ -17,7 +17,13 @@ from privfedtalk.errors import MediaError, PrivFedTalkError
 from privfedtalk.model.generator import TalkingHeadGenerator, to_unit_float
 from privfedtalk.model.identity import train_identity_encoder
 from privfedtalk.model.latents import cache_latents, sample_windows
-from privfedtalk.runtime import peak_memory_mb, resolve_device, setup_torch
+from privfedtalk.runtime import (
+    Precision,
+    enable_gradient_checkpointing,
+    peak_memory_mb,
+    resolve_device,
+    setup_torch,
+)
 
 log = logging.getLogger("privfedtalk")
 
@@ -44,25 +50,26 @@ def load_identities(root, identities, audio_cfg, size, report: LoadReport) -> li
     return clips
 
 
-def train_vae(vae, clips, vae_cfg, seed: int, writer=None) -> None:
+def train_vae(vae, clips, vae_cfg, seed: int, writer=None, precision: Precision | None = None) -> None:
     """Reconstruction + small KL on random frames; then set the latent scaling factor to 1/std."""
     frames = torch.as_tensor(np.concatenate([clip.frames for clip in clips]))
     generator = torch.Generator().manual_seed(seed)
+    precision = precision or Precision(next(vae.parameters()).device)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=vae_cfg.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, vae_cfg.steps)
+    optimizer = precision.prepare(optimizer)
     vae.train()
     bar = tqdm(range(vae_cfg.steps), desc="vae", leave=False)
     for step in bar:
         pick = torch.randint(0, len(frames), (vae_cfg.batch_size,), generator=generator)
         pixels = to_unit_float(frames[pick]).to(next(vae.parameters()).device)
-        posterior = vae.encode(pixels).latent_dist
-        recon = vae.decode(posterior.sample(generator=None)).sample
+        with precision.autocast():
+            posterior = vae.encode(pixels).latent_dist
+            recon = vae.decode(posterior.sample(generator=None)).sample.float()
         rec_loss = F.mse_loss(recon, pixels) + 0.5 * F.l1_loss(recon, pixels)
-        kl = posterior.kl().mean() / pixels[0].numel()
+        kl = posterior.kl().float().mean() / pixels[0].numel()
         loss = rec_loss + vae_cfg.kl_weight * kl
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        precision.step(loss, optimizer, vae.parameters(), max_norm=None)
         schedule.step()
         bar.set_postfix(loss=f"{rec_loss.item():.4f}")
         if writer is not None and step % 20 == 0:
@@ -75,7 +82,9 @@ def train_vae(vae, clips, vae_cfg, seed: int, writer=None) -> None:
     vae.register_to_config(scaling_factor=1.0 / max(std, 1e-6))
 
 
-def train_denoiser(model: TalkingHeadGenerator, latent_clips, cfg, writer=None) -> list[float]:
+def train_denoiser(
+    model: TalkingHeadGenerator, latent_clips, cfg, writer=None, precision=None
+) -> list[float]:
     unet_cfg = cfg.model.unet
     params = list(model.unet.parameters()) + list(model.audio_encoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=unet_cfg.lr, weight_decay=0.0)
@@ -84,6 +93,8 @@ def train_denoiser(model: TalkingHeadGenerator, latent_clips, cfg, writer=None) 
         optimizer,
         lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * s / unet_cfg.steps))),
     )
+    precision = precision or Precision(model.device)
+    optimizer = precision.prepare(optimizer)
     generator = torch.Generator().manual_seed(cfg.seed + 1)
     model.unet.train()
     model.audio_encoder.train()
@@ -94,17 +105,15 @@ def train_denoiser(model: TalkingHeadGenerator, latent_clips, cfg, writer=None) 
         latents, reference, audio = sample_windows(
             latent_clips, unet_cfg.batch_windows, cfg.data.window, generator
         )
-        out = model.loss(
-            latents.to(device),
-            reference.to(device),
-            audio.to(device),
-            generator,
-            condition_dropout=cfg.model.diffusion.condition_dropout,
-        )
-        optimizer.zero_grad()
-        out["total"].backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
+        with precision.autocast():
+            out = model.loss(
+                latents.to(device),
+                reference.to(device),
+                audio.to(device),
+                generator,
+                condition_dropout=cfg.model.diffusion.condition_dropout,
+            )
+        precision.step(out["total"], optimizer, params)
         schedule.step()
         losses.append(float(out["diffusion"]))
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
@@ -139,10 +148,12 @@ def pretrain(cfg) -> Path:
         raise PrivFedTalkError(f"{cfg.data.root}: no usable public clips ({report.summary()})")
 
     model = TalkingHeadGenerator.from_config(cfg).to(device)
+    precision = Precision(device, cfg.mixed_precision)
+    enable_gradient_checkpointing(model.unet, cfg.gradient_checkpointing, device)
     timings = {}
     if not cfg.model.vae.pretrained:
         t0 = time.perf_counter()
-        train_vae(model.vae, clips, cfg.model.vae, cfg.seed, writer)
+        train_vae(model.vae, clips, cfg.model.vae, cfg.seed, writer, precision)
         timings["vae_s"] = time.perf_counter() - t0
     model.vae.requires_grad_(False)
 
@@ -159,7 +170,7 @@ def pretrain(cfg) -> Path:
     latent_clips = cache_latents(model, clips)
     timings["latent_cache_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    losses = train_denoiser(model, latent_clips, cfg, writer)
+    losses = train_denoiser(model, latent_clips, cfg, writer, precision)
     timings["unet_s"] = time.perf_counter() - t0
 
     checkpoint = out / "checkpoint"

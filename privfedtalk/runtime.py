@@ -26,15 +26,59 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+_ACCELERATORS: dict = {}
+
+
 def make_accelerator(device: torch.device, mixed_precision: str):
-    """An accelerate Accelerator with the precision that will really run on this device."""
+    """An accelerate Accelerator with the precision that will really run on this device (one per process)."""
     from accelerate import Accelerator
 
     if device.type != "cuda" and mixed_precision != "no":
         # accelerate ignores fp16 on CPU and bf16 on this kind of CPU is ~5x slower: say what runs.
         log.warning("mixed_precision=%s is for CUDA; running fp32 on %s", mixed_precision, device.type)
         mixed_precision = "no"
-    return Accelerator(mixed_precision=mixed_precision, cpu=device.type == "cpu")
+    key = (device.type, mixed_precision)
+    if key not in _ACCELERATORS:
+        # accelerate keeps process-wide state: a second Accelerator must not change the precision.
+        existing = next(iter(_ACCELERATORS.values()), None)
+        _ACCELERATORS[key] = existing or Accelerator(
+            mixed_precision=mixed_precision, cpu=device.type == "cpu"
+        )
+    return _ACCELERATORS[key]
+
+
+class Precision:
+    """Training-step plumbing through accelerate: autocast, scaled backward (fp16), gradient clipping.
+
+    On CPU this is plain fp32 autograd; on CUDA with fp16 the loss is scaled and unscaled for clipping.
+    """
+
+    def __init__(self, device: torch.device, mixed_precision: str = "no"):
+        self.accelerator = make_accelerator(device, mixed_precision)
+
+    def prepare(self, optimizer):
+        return self.accelerator.prepare_optimizer(optimizer, device_placement=False)
+
+    def autocast(self):
+        return self.accelerator.autocast()
+
+    def step(self, loss, optimizer, params, max_norm: float | None = 1.0) -> None:
+        optimizer.zero_grad()
+        self.accelerator.backward(loss)
+        if max_norm is not None:
+            self.accelerator.clip_grad_norm_(params, max_norm)
+        optimizer.step()
+
+
+def enable_gradient_checkpointing(module, enabled: bool, device: torch.device) -> None:
+    """Trade compute for activation memory (diffusers models); worth it on small GPUs, not on CPU."""
+    if not enabled:
+        return
+    if device.type != "cuda":
+        log.warning(
+            "gradient checkpointing on %s costs time and saves little; it is meant for CUDA", device.type
+        )
+    module.enable_gradient_checkpointing()
 
 
 def peak_memory_mb(device: torch.device | None = None) -> float:

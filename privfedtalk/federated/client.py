@@ -18,6 +18,7 @@ from privfedtalk.federated.aggregation import fedprox_term
 from privfedtalk.model import adapters
 from privfedtalk.model.latents import LatentClip, sample_windows
 from privfedtalk.privacy.dp import clip_to_norm, quantize_unit_scalar
+from privfedtalk.runtime import Precision
 
 
 @dataclass
@@ -81,8 +82,18 @@ def set_flat(params, vector: torch.Tensor) -> None:
 class LocalTrainer:
     """Runs clients one after another on the single U-Net in memory."""
 
-    def __init__(self, model, identity_encoder, store, fed_cfg, window: int, condition_dropout: float = 0.0):
+    def __init__(
+        self,
+        model,
+        identity_encoder,
+        store,
+        fed_cfg,
+        window: int,
+        condition_dropout: float = 0.0,
+        precision=None,
+    ):
         self.model = model
+        self.precision = precision or Precision(model.device)
         self.encoder = identity_encoder
         self.store = store
         self.cfg = fed_cfg
@@ -121,7 +132,7 @@ class LocalTrainer:
         model, device = self.model, self.model.device
         global_copy = [p.detach().clone() for p in self.shared]
         params = self.shared + self.identity
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+        optimizer = self.precision.prepare(torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0))
         model.unet.train()
         losses, tdcs = [], []
         t1 = time.perf_counter()
@@ -129,22 +140,20 @@ class LocalTrainer:
             latents, reference, audio = sample_windows(
                 client.train, cfg.batch_windows, self.window, generator
             )
-            out = model.loss(
-                latents.to(device),
-                reference.to(device),
-                audio.to(device),
-                generator,
-                lambda_tdc=cfg.lambda_tdc,
-                tdc_space=cfg.tdc_space,
-                condition_dropout=self.condition_dropout,
-            )
+            with self.precision.autocast():
+                out = model.loss(
+                    latents.to(device),
+                    reference.to(device),
+                    audio.to(device),
+                    generator,
+                    lambda_tdc=cfg.lambda_tdc,
+                    tdc_space=cfg.tdc_space,
+                    condition_dropout=self.condition_dropout,
+                )
             loss = out["total"]
             if cfg.mu > 0:
                 loss = loss + fedprox_term(self.shared, global_copy, cfg.mu)
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
+            self.precision.step(loss, optimizer, params)
             losses.append(float(out["diffusion"]))
             tdcs.append(float(out.get("tdc", torch.zeros(()))))
         model.unet.eval()
