@@ -18,18 +18,11 @@ from __future__ import annotations
 
 import math
 
-# Sizes of `privfedtalk demo --quick` (privfedtalk/demo.py QUICK): seconds, numbers meaningless.
-_QUICK_PRETRAIN = [
-    "model.vae.steps=3",
-    "model.vae.batch_size=4",
-    "model.vae.block_out_channels=[16,32]",
-    "model.unet.steps=3",
-    "model.unet.block_out_channels=[32,64]",
-    "model.unet.batch_windows=2",
-    "model.identity_steps=3",
-    "model.diffusion.sample_steps=2",
-    "data.size=32",
-]
+from privfedtalk.demo import FULL, QUICK
+
+# The demo's corpus and backbone settings are the single source for `tiny` and `small`, so the
+# benchmark can reuse `make demo`'s backbone (--checkpoint demo_out/pretrain/checkpoint --data demo_out/data).
+_QUICK_PRETRAIN = QUICK["pretrain"]
 
 PRESETS: dict[str, dict] = {
     # Smoke test (CI, tests/experiments): 4 identities (2 public, 2 private clients) x 2 clips x 1 s at
@@ -37,7 +30,7 @@ PRESETS: dict[str, dict] = {
     # the methods.
     "tiny": {
         "description": "smoke test: 32x32, 2 private clients, 2 rounds (numbers meaningless)",
-        "synth": {"identities": 4, "clips": 2, "seconds": 1.0, "size": 32, "seed": 0},
+        "synth": {**QUICK["synth"], "seed": 0},
         "pretrain": _QUICK_PRETRAIN,
         "federated": [
             "federated.rounds=2",
@@ -62,16 +55,8 @@ PRESETS: dict[str, dict] = {
     # 3 privacy-utility; adapters-only, full and eps-8 reuse fedavg/privfedtalk seed 0).
     "small": {
         "description": "2-core CPU: 64x64, 8 private clients, 6 rounds x 4 clients x 10 local steps",
-        "synth": {
-            "identities": 56,
-            "clips": 2,
-            "seconds": 3.0,
-            "size": 64,
-            "seed": 0,
-            "public_fraction": 48 / 56,
-            "private_clips": 4,
-        },
-        "pretrain": ["model.vae.steps=400", "model.vae.batch_size=8", "model.unet.steps=1500"],
+        "synth": {**FULL["synth"], "seed": 0},
+        "pretrain": FULL["pretrain"],
         "federated": [
             "federated.rounds=6",
             "federated.clients_per_round=4",

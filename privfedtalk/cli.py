@@ -45,6 +45,21 @@ def cmd_pretrain(args) -> None:
     pretrain(load_config(args.config, args.overrides))
 
 
+def cmd_train(args) -> None:
+    from privfedtalk.config import load_config
+    from privfedtalk.federated.simulation import train
+
+    if args.resume:
+        if args.config or args.overrides:
+            raise PrivFedTalkError(
+                "--resume RUN_DIR continues a run with its saved config; drop CONFIG/overrides"
+            )
+        run_dir = train(resume=args.resume)
+    else:
+        run_dir = train(load_config(args.config, args.overrides))
+    log.info("run folder: %s (metrics.jsonl, tensorboard/, clients/)", run_dir)
+
+
 def load_model(args):
     """Generator + identity encoder from a checkpoint, or from a federated run and one client."""
     from privfedtalk.model.generator import TalkingHeadGenerator
@@ -216,6 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", help="YAML config (experiments/configs/...)")
     p.add_argument("overrides", nargs="*", help="key=value overrides")
     p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("train", help="federated training of the adapters on the private identities")
+    p.add_argument("config", nargs="?", help="YAML config (experiments/configs/fedavg.yaml, ...)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    p.add_argument("--resume", help="continue RUN_DIR from its last completed round")
+    p.set_defaults(func=cmd_train)
 
     for name, helptext in (("generate", "write a talking-head mp4"), ("evaluate", "score held-out clips")):
         p = sub.add_parser(name, help=helptext)

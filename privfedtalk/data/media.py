@@ -77,7 +77,7 @@ def _short(err: Exception) -> str:
     return text.split(": '")[0].strip()
 
 
-def _yuv_to_rgb(frame: av.VideoFrame, crop: tuple[int, int] | None) -> np.ndarray:
+def yuv_frame_to_rgb(frame: av.VideoFrame, crop: tuple[int, int] | None) -> np.ndarray:
     """Decode a VideoFrame to (H,W,3) uint8 RGB.
 
     FFmpeg's own yuv420p->rgb24 path rounds coarsely (~2/255 mean error on smooth content), so the common
@@ -228,7 +228,7 @@ def _decode(path: Path, sample_rate: int, want_video: bool, want_audio: bool):
             for packet in container.demux(*streams):
                 for frame in packet.decode():
                     if isinstance(frame, av.VideoFrame):
-                        frames.append(_yuv_to_rgb(frame, crop))
+                        frames.append(yuv_frame_to_rgb(frame, crop))
                         # Frames without timestamps are assumed evenly spaced at the nominal rate.
                         nominal = float(vstream.average_rate or vstream.guessed_rate or 25)
                         times.append(float(frame.time) if frame.time is not None else len(times) / nominal)
@@ -310,19 +310,27 @@ def load_media(path, sample_rate: int = 16000) -> Media:
             )
         audio = _read_soundfile(sidecar, sample_rate)
         source = sidecar
-    num = len(frames)
-    need = round(num / fps * sample_rate)
+    audio = fit_audio(audio, source, len(frames), fps, sample_rate)
+    return Media(np.stack(frames), float(fps), audio, int(sample_rate), str(path))
+
+
+def fit_audio(audio: np.ndarray, source, num_frames: int, fps: float, sample_rate: int) -> np.ndarray:
+    """Cut or pad audio to round(num_frames / fps * sample_rate) samples.
+
+    Longer audio is cut, audio short by at most one frame is zero-padded, shorter audio raises MediaError.
+    """
+    need = round(num_frames / fps * sample_rate)
     short = need - audio.size
     if short > sample_rate / fps:
         raise MediaError(
             source,
             f"audio too short: {short / sample_rate:.2f} s shorter than the video "
-            f"({audio.size / sample_rate:.2f} s audio vs {num / fps:.2f} s video)",
+            f"({audio.size / sample_rate:.2f} s audio vs {need / sample_rate:.2f} s video)",
             "re-export with the full-length audio or trim the video to the audio",
         )
     if short > 0:
         audio = np.concatenate([audio, np.zeros(short, np.float32)])
-    return Media(np.stack(frames), float(fps), audio[:need].astype(np.float32), int(sample_rate), str(path))
+    return audio[:need].astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------- writing

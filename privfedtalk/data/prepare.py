@@ -21,7 +21,7 @@ import numpy as np
 
 from privfedtalk.data.corpus import VIDEO_EXTS, LoadReport, read_split
 from privfedtalk.data.faces import FaceDetector, crop_frame, smooth_track
-from privfedtalk.data.media import _yuv_to_rgb, read_audio, write_video
+from privfedtalk.data.media import fit_audio, read_audio, write_video, yuv_frame_to_rgb
 from privfedtalk.errors import MediaError, PrivFedTalkError
 
 __all__ = [
@@ -188,7 +188,7 @@ def _short(err: Exception) -> str:
 
 def _to_rgb(frame) -> np.ndarray:
     """(H,W,3) uint8 RGB of a decoded frame, turned upright when the file says so (phone videos)."""
-    rgb = _yuv_to_rgb(frame, None)
+    rgb = yuv_frame_to_rgb(frame, None)
     try:
         # Degrees counter-clockwise that the display matrix asks for; np.rot90 turns counter-clockwise.
         turns = int(round((getattr(frame, "rotation", 0) or 0) / 90.0)) % 4
@@ -289,25 +289,6 @@ def _clip_audio(path: Path, sample_rate: int) -> tuple[np.ndarray, Path]:
     return audio, path
 
 
-def _fit_audio(audio: np.ndarray, source: Path, num_frames: int, fps: float, sample_rate: int) -> np.ndarray:
-    """Cut or pad audio to round(num_frames / fps * sample_rate) samples, as load_media does.
-
-    Longer audio is cut, audio short by at most one frame is zero-padded, shorter audio raises MediaError.
-    """
-    need = round(num_frames / fps * sample_rate)
-    short = need - audio.size
-    if short > sample_rate / fps:
-        raise MediaError(
-            source,
-            f"audio too short: {short / sample_rate:.2f} s shorter than the video "
-            f"({audio.size / sample_rate:.2f} s audio vs {need / sample_rate:.2f} s video)",
-            "re-export with the full-length audio or trim the video to the audio",
-        )
-    if short > 0:
-        audio = np.concatenate([audio, np.zeros(short, np.float32)])
-    return audio[:need].astype(np.float32)
-
-
 # ---------------------------------------------------------------------------------------------- one clip
 
 
@@ -342,7 +323,7 @@ def prepare_clip(
     total = len(detections)
     if total < 2:
         raise MediaError(path, f"too short: {total} frame at {fps:g} fps", "use clips of at least 0.1 s")
-    audio = _fit_audio(audio, source, total, fps, sample_rate)
+    audio = fit_audio(audio, source, total, fps, sample_rate)
     track = smooth_track(detections, rgb.shape[:2], margin=margin, path=path)
     if track.found_fraction < min_face:
         raise MediaError(

@@ -14,7 +14,7 @@ import torch
 
 from privfedtalk.federated.aggregation import capped_weights, normalized_weights, reliability_score
 from privfedtalk.privacy.dp import PrivacyAccountant, calibrate_noise_multiplier
-from privfedtalk.privacy.fixed_point import plan_fixed_point
+from privfedtalk.privacy.fixed_point import FixedPoint, plan_fixed_point
 from privfedtalk.privacy.secagg import secure_weighted_sum
 
 
@@ -91,15 +91,22 @@ class Server:
         return self.noise_multiplier * self.weight_cap * self.privacy.clip_norm
 
     # -- the sum --------------------------------------------------------------------------------
-    def secure_sum(self, vectors: dict[str, np.ndarray], round_index: int, dropped=()):
-        """Masked sum of the clients' prepared vectors; only the total is ever decoded here."""
-        # Planned from public quantities only (the server never sees a vector): with secure
-        # aggregation every update is clipped to C and weights are ≤ 1 (≤ w_max under DP), so each
-        # coordinate is ≤ w·C, plus an 8σ margin for a client's noise share (checked at run time).
+    def secure_sum_plan(self, num_clients: int) -> tuple[FixedPoint, int]:
+        """Fixed-point plan and Shamir threshold for a round of `num_clients`, from public quantities only.
+
+        The server never sees a vector: with secure aggregation every update is clipped to C and
+        weights are ≤ 1 (≤ w_max under DP), so each coordinate is ≤ w·C, plus an 8σ margin for a
+        client's noise share (an input beyond it is rejected at run time).
+        """
         weight_bound = self.weight_cap if self.privacy.dp else 1.0
         per_client = weight_bound * self.privacy.clip_norm + 8 * self.noise_std_total()
-        fixed_point = plan_fixed_point(per_client, len(vectors), bits=self.privacy.fixed_point_bits)
-        threshold = max(2, math.ceil(self.privacy.threshold_fraction * len(vectors)))
+        fixed_point = plan_fixed_point(per_client, num_clients, bits=self.privacy.fixed_point_bits)
+        threshold = max(2, math.ceil(self.privacy.threshold_fraction * num_clients))
+        return fixed_point, threshold
+
+    def secure_sum(self, vectors: dict[str, np.ndarray], round_index: int, dropped=()):
+        """Masked sum of the clients' prepared vectors; only the total is ever decoded here."""
+        fixed_point, threshold = self.secure_sum_plan(len(vectors))
         return secure_weighted_sum(
             vectors, round_id=round_index, threshold=threshold, fixed_point=fixed_point, dropped=dropped
         )

@@ -1,6 +1,7 @@
 """The federated round loop: sample clients, train each in turn, privatize, securely sum, apply.
 
-One process simulates every client on the single U-Net in memory. A run folder holds the config,
+One process simulates every client on the single U-Net in memory; launched with WORLD_SIZE > 1 the
+sampled clients are sharded over processes (see parallel.py). A run folder holds the config,
 the global state after each completed round (atomically written), the client slots, TensorBoard
 logs and metrics.jsonl; `--resume` continues from the last completed round.
 """
@@ -22,6 +23,7 @@ from tqdm import tqdm
 from privfedtalk.config import Config, load_config
 from privfedtalk.data.corpus import LoadReport, load_identity, read_split
 from privfedtalk.errors import MediaError, PrivacyError, PrivFedTalkError
+from privfedtalk.federated import parallel
 from privfedtalk.federated.client import (
     ClientData,
     LocalTrainer,
@@ -183,8 +185,19 @@ class RunState:
 def train(cfg=None, resume: str | None = None, on_client_done=None) -> Path:
     """Run (or resume) a federated training; returns the run folder.
 
-    on_client_done(round_index, client_id) is a hook for tests (e.g. to simulate a kill).
+    on_client_done(round_index, client_id) is a hook for tests (e.g. to simulate a kill). Under
+    torchrun / accelerate launch (WORLD_SIZE > 1) every process calls this and trains its share.
     """
+    group = parallel.init_from_env()
+    try:
+        return _train(cfg, resume, on_client_done, group)
+    finally:
+        if group is not None:
+            group.close()
+
+
+def _train(cfg, resume, on_client_done, group) -> Path:
+    is_server = group is None or group.is_server  # only the server process writes the run folder
     if resume is not None:
         run_dir = Path(resume)
         if not (run_dir / "config.yaml").is_file():
@@ -199,10 +212,13 @@ def train(cfg=None, resume: str | None = None, on_client_done=None) -> Path:
         raise PrivFedTalkError(
             f"{run_dir}: already holds a run (continue it with --resume {run_dir}, or pick out_dir=...)"
         )
-    atomic_write_text(OmegaConf.to_yaml(cfg), run_dir / "config.yaml")
+    if is_server:
+        atomic_write_text(OmegaConf.to_yaml(cfg), run_dir / "config.yaml")
 
-    setup_torch(cfg.threads)
+    setup_torch(cfg.threads if group is None else group.threads(cfg.threads))
     device = resolve_device(cfg.device)
+    if group is not None:
+        device = group.device(device)
     torch.manual_seed(cfg.seed)
     model, encoder = build_federated_model(cfg, device)
     fed = cfg.federated
@@ -220,7 +236,9 @@ def train(cfg=None, resume: str | None = None, on_client_done=None) -> Path:
         start_round = info["completed_rounds"]
         if server.accountant is not None:
             server.accountant.load_state_dict(info["accountant"])
-        dropped = store.discard_pending()
+        dropped = store.discard_pending() if is_server else 0
+        if group is not None:
+            group.barrier()  # stale adapters are gone before any process stages new ones
         log.info(
             "resuming %s after round %d (%d staged adapters of the unfinished round dropped)",
             run_dir,
@@ -242,7 +260,7 @@ def train(cfg=None, resume: str | None = None, on_client_done=None) -> Path:
     )
     from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(str(run_dir / "tensorboard"))
+    writer = SummaryWriter(str(run_dir / "tensorboard")) if is_server else None
     if server.accountant is not None:
         log.info(
             "DP: noise multiplier z = %.3f, clip C = %.3g, w_max = %.3g (noise std %.3g on the sum)",
@@ -252,23 +270,33 @@ def train(cfg=None, resume: str | None = None, on_client_done=None) -> Path:
             server.noise_std_total(),
         )
     for round_index in tqdm(
-        range(start_round, fed.rounds), desc="rounds", initial=start_round, total=fed.rounds
+        range(start_round, fed.rounds),
+        desc="rounds",
+        initial=start_round,
+        total=fed.rounds,
+        disable=not is_server,
     ):
-        record = run_round(cfg, round_index, specs, loader, trainer, server, on_client_done)
+        record = run_round(cfg, round_index, specs, loader, trainer, server, on_client_done, group)
         if (
-            fed.eval_every > 0
+            is_server
+            and fed.eval_every > 0
             and fed.eval_clips > 0
             and ((round_index + 1) % fed.eval_every == 0 or round_index + 1 == fed.rounds)
         ):
             record["eval"] = evaluate_round(cfg, model, encoder, trainer, store, specs, server)
-        for spec_id in record.get("committed", []):
-            store.commit_identity(spec_id)
-        info = {"completed_rounds": round_index + 1, "epsilon": record.get("epsilon")}
-        if server.accountant is not None:
-            info["accountant"] = server.accountant.state_dict()
-        state.save(server.global_shared, info)
-        log_round(writer, run_dir, record)
-    writer.close()
+        committed = record.get("committed", [])
+        for spec_id in committed if group is None else group.trained_here(committed):
+            store.commit_identity(spec_id)  # by the process that staged it (it owns the slot)
+        if group is not None:
+            group.barrier()  # every slot is committed before any process starts the next round
+        if is_server:
+            info = {"completed_rounds": round_index + 1, "epsilon": record.get("epsilon")}
+            if server.accountant is not None:
+                info["accountant"] = server.accountant.state_dict()
+            state.save(server.global_shared, info)
+            log_round(writer, run_dir, record)
+    if writer is not None:
+        writer.close()
     return run_dir
 
 
@@ -277,33 +305,34 @@ def upload_bytes(values: int, privacy_cfg) -> int:
     return values * (privacy_cfg.fixed_point_bits // 8 if privacy_cfg.secure_aggregation else 4)
 
 
-def run_round(cfg, round_index, specs, loader, trainer, server, on_client_done=None) -> dict:
-    """One round, as the protocol orders it (see docs/architecture.md)."""
+def run_round(cfg, round_index, specs, loader, trainer, server, on_client_done=None, group=None) -> dict:
+    """One round, as the protocol orders it (see docs/architecture.md).
+
+    With `group` (a parallel.RankGroup) this process trains only its shard of the sampled clients;
+    reports, norms and the sum go through the group so every process ends with the same state.
+    """
     fed, privacy = cfg.federated, cfg.privacy
     started = time.perf_counter()
     # 1. The server samples clients with the scheme the accountant assumes.
     sampled = sample_clients(specs, fed, cfg.seed, round_index)
-    updates, local = {}, {}
     # 2. Each client trains locally from the broadcast global state and computes its signals.
-    for spec in tqdm(sampled, desc=f"round {round_index + 1} clients", leave=False):
-        try:
-            data = loader.load(spec)
-        except MediaError as err:
-            log.warning("round %d: %s skipped: %s", round_index + 1, spec.client_id, err)
-            continue
-        seed = client_seed(cfg.seed, round_index, spec.client_id)
-        update, report = trainer.run(data, server.global_shared, round_index, seed)
-        updates[spec.client_id], local[spec.client_id] = update, report
-        if on_client_done is not None:
-            on_client_done(round_index, spec.client_id)
-    record = {"round": round_index + 1, "sampled": [s.client_id for s in sampled], "clients": list(updates)}
-    if not updates:
+    mine = sampled if group is None else group.shard(sampled)
+    updates, local = train_clients(cfg, round_index, mine, loader, trainer, server, on_client_done, group)
+    reports = [ClientReport(u.client_id, u.num_samples, u.signals) for u in updates.values()]
+    if group is not None:
+        local_seconds, peak = time.perf_counter() - started, peak_memory_mb(trainer.model.device)
+        order = [s.client_id for s in sampled]
+        reports, local, rank_stats = group.gather_reports(reports, local, order, local_seconds, peak)
+    client_ids = [r.client_id for r in reports]
+    record = {"round": round_index + 1, "sampled": [s.client_id for s in sampled], "clients": client_ids}
+    if group is not None:
+        record.update(rank_stats)
+    if not reports:
         log.warning("round %d: no client produced an update; global state unchanged", round_index + 1)
         server.account(server.expected_clients, 0)
         record["epsilon"] = server.epsilon()
         return record
     # 3. The server turns (count, quantized signals) into capped weights and sends each its own.
-    reports = [ClientReport(u.client_id, u.num_samples, u.signals) for u in updates.values()]
     weights = server.weights(reports)
     # 4. Each client clips, weights, adds its noise share (distributed DP) and masks.
     clip = privacy.clip_norm if (privacy.dp or privacy.secure_aggregation) else None
@@ -315,16 +344,24 @@ def run_round(cfg, round_index, specs, loader, trainer, server, on_client_done=N
         rng = np.random.default_rng(client_seed(cfg.seed, round_index, client_id) + 1)
         vectors[client_id], norms[client_id] = privatize(update, weights[client_id], clip, share_std, rng)
     del updates  # the raw deltas end here, on the clients
-    dropped = simulated_dropouts(list(vectors), privacy.dropout_rate, cfg.seed, round_index)
+    if group is not None:
+        norms = group.merge(norms)  # diagnostics for the record (the server never needs them)
+    dropped = simulated_dropouts(client_ids, privacy.dropout_rate, cfg.seed, round_index)
     # 5. The server sums (masked), decodes, applies with the server learning rate; ε is recorded.
     secagg_seconds = 0.0
     try:
-        if privacy.secure_aggregation and len(vectors) >= 2:
-            result = server.secure_sum(vectors, round_index, dropped=dropped)
+        if privacy.secure_aggregation and len(client_ids) >= 2:
+            if group is None:
+                result = server.secure_sum(vectors, round_index, dropped=dropped)
+            else:
+                result = group.secure_sum(server, vectors, client_ids, round_index, dropped=dropped)
             total, survivors, secagg_seconds = result.total, list(result.survivors), result.seconds
         else:
-            survivors = [c for c in vectors if c not in dropped]
-            total = np.sum([vectors[c] for c in survivors], axis=0)
+            survivors = [c for c in client_ids if c not in dropped]
+            if group is None:
+                total = np.sum([vectors[c] for c in survivors], axis=0)
+            else:
+                total = group.sum(vectors, survivors, len(server.global_shared))
     except PrivacyError as err:
         log.warning("round %d skipped, global state untouched: %s", round_index + 1, err)
         server.account(server.expected_clients, 0)
@@ -353,6 +390,24 @@ def run_round(cfg, round_index, specs, loader, trainer, server, on_client_done=N
         peak_memory_mb=peak_memory_mb(trainer.model.device),
     )
     return record
+
+
+def train_clients(cfg, round_index, specs, loader, trainer, server, on_client_done=None, group=None):
+    """The local phase: each client in `specs` trains from the global state; (updates, reports) by id."""
+    updates, local = {}, {}
+    quiet = group is not None and not group.is_server
+    for spec in tqdm(specs, desc=f"round {round_index + 1} clients", leave=False, disable=quiet):
+        try:
+            data = loader.load(spec)
+        except MediaError as err:
+            log.warning("round %d: %s skipped: %s", round_index + 1, spec.client_id, err)
+            continue
+        seed = client_seed(cfg.seed, round_index, spec.client_id)
+        update, report = trainer.run(data, server.global_shared, round_index, seed)
+        updates[spec.client_id], local[spec.client_id] = update, report
+        if on_client_done is not None:
+            on_client_done(round_index, spec.client_id)
+    return updates, local
 
 
 def simulated_dropouts(client_ids: list[str], rate: float, seed: int, round_index: int) -> list[str]:

@@ -1,0 +1,177 @@
+"""Wall time per federated round: one process vs P client-parallel processes (gloo on CPU), same cores.
+
+Example: .venv/bin/python experiments/bench_parallel.py --out parallel_bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_fixture(work: Path, private: int, threads: int) -> tuple[Path, Path]:
+    """A tiny synthetic corpus (`private` client identities) and a QUICK-preset 32x32 checkpoint."""
+    from privfedtalk.config import load_config
+    from privfedtalk.data.synthetic import synthesize_corpus
+    from privfedtalk.demo import QUICK
+    from privfedtalk.pretrain import pretrain
+
+    data = work / "data"
+    if not (data / "split.json").is_file():
+        # Public and private halves: `private` identities become the clients.
+        synthesize_corpus(data, identities=2 * private, clips=2, seconds=1.0, size=32, seed=0)
+    checkpoint = work / "pretrain" / "checkpoint"
+    if not (checkpoint / "generator.json").is_file():
+        overrides = [f"data.root={data}", f"out_dir={work / 'pretrain'}", f"threads={threads}"]
+        pretrain(load_config(None, overrides + QUICK["pretrain"]))
+    return data, checkpoint
+
+
+def checkpoint_size(checkpoint: Path) -> int:
+    return int(json.loads((checkpoint / "generator.json").read_text())["size"])
+
+
+def write_config(path: Path, base: str | None, overrides: list[str]) -> Path:
+    """Resolve base YAML + overrides here, so every process of a run reads the same file."""
+    from privfedtalk.config import load_config
+
+    OmegaConf.save(load_config(base, overrides), path)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(config: Path, processes: int, timeout: float) -> float:
+    """Run `privfedtalk train` in `processes` processes (env as torchrun sets it); returns wall seconds."""
+    command = [sys.executable, "-m", "privfedtalk.federated.parallel", str(config)]
+    envs = [dict(os.environ)]
+    if processes > 1:
+        port = free_port()
+        envs = [
+            dict(
+                os.environ,
+                RANK=str(r),
+                WORLD_SIZE=str(processes),
+                LOCAL_RANK=str(r),
+                LOCAL_WORLD_SIZE=str(processes),
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=str(port),
+                **({"GLOO_SOCKET_IFNAME": "lo"} if sys.platform.startswith("linux") else {}),
+            )
+            for r in range(processes)
+        ]
+    started = time.perf_counter()
+    procs = [
+        subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for env in envs
+    ]
+    try:
+        errors = [p.communicate(timeout=timeout)[1].decode(errors="replace") for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    if any(p.returncode for p in procs):
+        raise SystemExit(f"run failed ({config}):\n" + "\n".join(e[-3000:] for e in errors))
+    return time.perf_counter() - started
+
+
+def read_records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def steady_median(records: list[dict], key: str = "round_seconds") -> float:
+    """Median over rounds after the first (round 1 also encodes each client's latents once)."""
+    values = [r[key] for r in records if key in r]
+    return statistics.median(values[1:] if len(values) > 1 else values)
+
+
+def machine() -> dict:
+    return {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", help="pretrained checkpoint (default: build a tiny 32x32 one)")
+    parser.add_argument("--data", help="corpus with split.json (required with --checkpoint)")
+    parser.add_argument("--config", default=None, help="base YAML (default: the schema defaults)")
+    parser.add_argument("--work", default="runs/bench_parallel", help="scratch folder for data and runs")
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads in all (split over processes)")
+    parser.add_argument("--sequential-threads", type=int, help="threads of the one-process run (--threads)")
+    parser.add_argument("--clients-per-round", type=int, default=4)
+    parser.add_argument("--local-steps", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--secure-aggregation", action="store_true")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds per run")
+    parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument("overrides", nargs="*", help="extra key=value config overrides")
+    args = parser.parse_args(argv)
+
+    work = Path(args.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    if args.checkpoint:
+        if not args.data:
+            parser.error("--checkpoint needs --data (the corpus the clients come from)")
+        data, checkpoint = Path(args.data).resolve(), Path(args.checkpoint).resolve()
+    else:
+        data, checkpoint = tiny_fixture(work, args.clients_per_round, args.threads)
+    common = [
+        f"data.root={data}",
+        f"data.size={checkpoint_size(checkpoint)}",
+        f"federated.checkpoint={checkpoint}",
+        f"federated.rounds={args.rounds}",
+        f"federated.clients_per_round={args.clients_per_round}",
+        f"federated.local_steps={args.local_steps}",
+        "federated.eval_every=0",
+        f"privacy.secure_aggregation={str(args.secure_aggregation).lower()}",
+    ] + args.overrides
+    sequential_threads = args.sequential_threads or args.threads
+
+    results = {}
+    for name, processes in (("sequential", 1), ("parallel", args.processes)):
+        run_dir = work / f"run_{name}"
+        shutil.rmtree(run_dir, ignore_errors=True)  # train() refuses a folder that holds a run
+        threads = sequential_threads if processes == 1 else args.threads  # split over the processes
+        overrides = common + [f"threads={threads}", f"out_dir={run_dir}"]
+        config = write_config(work / f"{name}.yaml", args.config, overrides)
+        wall = launch(config, processes, args.timeout)
+        records = read_records(run_dir)
+        results[name] = {
+            "processes": processes,
+            "threads_per_process": threads if processes == 1 else max(1, threads // processes),
+            "wall_seconds": wall,
+            "round_seconds": [r["round_seconds"] for r in records],
+            "median_round_seconds": steady_median(records),
+            "rank_seconds": [r.get("rank_seconds") for r in records],
+        }
+        print(
+            f"{name:10s} x{processes}: median round {results[name]['median_round_seconds']:.2f} s "
+            f"(rounds 2..{args.rounds}), wall {wall:.1f} s",
+            flush=True,
+        )
+    ratio = results["sequential"]["median_round_seconds"] / results["parallel"]["median_round_seconds"]
+    print(f"speed-up per round (sequential / parallel): {ratio:.2f}x")
+    if args.out:
+        report = {"machine": machine(), "args": vars(args), "results": results, "speedup": ratio}
+        Path(args.out).write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
