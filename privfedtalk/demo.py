@@ -85,6 +85,7 @@ def run_demo(out: Path, quick: bool = False) -> dict:
     from privfedtalk.pretrain import pretrain
 
     preset = QUICK if quick else FULL
+    out = out.resolve()  # run folders record absolute paths, so they can be read from anywhere
     out.mkdir(parents=True, exist_ok=True)
     times = {}
     started = time.perf_counter()

@@ -329,7 +329,6 @@ def run_round(cfg, round_index, specs, loader, trainer, server, on_client_done=N
         record.update(rank_stats)
     if not reports:
         log.warning("round %d: no client produced an update; global state unchanged", round_index + 1)
-        server.account(server.expected_clients, 0)
         record["epsilon"] = server.epsilon()
         return record
     # 3. The server turns (count, quantized signals) into capped weights and sends each its own.
@@ -338,7 +337,9 @@ def run_round(cfg, round_index, specs, loader, trainer, server, on_client_done=N
     clip = privacy.clip_norm if (privacy.dp or privacy.secure_aggregation) else None
     share_std = 0.0
     if privacy.dp and privacy.noise == "distributed":
-        share_std = server.noise_std_total() / np.sqrt(server.expected_clients)
+        # Shares are sized by the round's roster (public once sampling is done), so the sum carries
+        # the full z·w_max·C whatever Poisson sampling drew; only dropouts after sharing lower it.
+        share_std = server.noise_std_total() / np.sqrt(len(client_ids))
     vectors, norms = {}, {}
     for client_id, update in updates.items():
         rng = np.random.default_rng(client_seed(cfg.seed, round_index, client_id) + 1)
@@ -350,7 +351,12 @@ def run_round(cfg, round_index, specs, loader, trainer, server, on_client_done=N
     # 5. The server sums (masked), decodes, applies with the server learning rate; ε is recorded.
     secagg_seconds = 0.0
     try:
-        if privacy.secure_aggregation and len(client_ids) >= 2:
+        if privacy.secure_aggregation:
+            if len(client_ids) < 2:
+                # A one-client "sum" is that client's update: never hand it to the server.
+                raise PrivacyError(
+                    f"secure aggregation needs at least 2 clients, round has {len(client_ids)}"
+                )
             if group is None:
                 result = server.secure_sum(vectors, round_index, dropped=dropped)
             else:
@@ -363,15 +369,15 @@ def run_round(cfg, round_index, specs, loader, trainer, server, on_client_done=N
             else:
                 total = group.sum(vectors, survivors, len(server.global_shared))
     except PrivacyError as err:
+        # Nothing was released in a skipped round, so the accountant records nothing.
         log.warning("round %d skipped, global state untouched: %s", round_index + 1, err)
-        server.account(server.expected_clients, 0)
         record.update(skipped=str(err), epsilon=server.epsilon())
         return record
     if privacy.dp and privacy.noise == "trusted":
         rng = np.random.default_rng([cfg.seed, round_index, 99])
         total = total + rng.normal(0.0, server.noise_std_total(), size=total.shape)
     server.apply(total)
-    z_used = server.account(server.expected_clients, len(survivors))
+    z_used = server.account(len(client_ids), len(survivors))
     record.update(
         survivors=survivors,
         committed=survivors,

@@ -121,3 +121,68 @@ def test_private_round_runs_with_secagg_and_dp(tiny_federated_config, method):
     eps = [r["epsilon"] for r in records]
     assert eps[0] is not None and eps[1] > eps[0] > 0
     assert torch.isfinite(global_state(run_dir)).all()
+
+
+def test_reported_epsilon_meets_target(tiny_federated_config, tmp_path):
+    private = [
+        "privacy.secure_aggregation=true",
+        "privacy.dp=true",
+        "privacy.target_epsilon=8",
+        "federated.sampling=poisson",
+        "federated.rounds=3",
+        "federated.local_steps=1",
+    ]
+    run = simulation.train(tiny_federated_config(*private, f"out_dir={tmp_path / 'a'}"))
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["epsilon"] == pytest.approx(8.0, rel=0.01)
+
+
+def test_too_many_dropouts_skip_the_round_without_touching_state(tiny_federated_config, tmp_path):
+    cfg = tiny_federated_config(
+        "privacy.secure_aggregation=true",
+        "privacy.dropout_rate=0.99",
+        "federated.rounds=1",
+        f"out_dir={tmp_path / 'drop'}",
+    )
+    run = simulation.train(cfg)
+    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert "only" in record["skipped"] and "threshold" in record["skipped"]
+    torch.manual_seed(cfg.seed)  # as train() does before attaching the adapters
+    model, _ = simulation.build_federated_model(cfg, torch.device("cpu"))
+    initial = torch.cat(
+        [p.detach().reshape(-1) for p in adapters.adapter_parameters(model.unet, adapters.SHARED)]
+    )
+    torch.testing.assert_close(global_state(run), initial, rtol=0, atol=0)
+
+
+def test_dropouts_lower_the_accounted_noise():
+    from privfedtalk.config import load_config
+    from privfedtalk.federated.server import Server
+
+    cfg = load_config(
+        None,
+        [
+            "privacy.dp=true",
+            "privacy.noise_multiplier=1.0",
+            "federated.sampling=poisson",
+            "federated.clients_per_round=4",
+        ],
+    )
+    full, partial = (
+        Server(torch.zeros(3), cfg.federated, cfg.privacy, num_clients=40, rounds=5) for _ in "ab"
+    )
+    assert full.account(4, 4) == pytest.approx(1.0)
+    assert partial.account(4, 3) == pytest.approx((3 / 4) ** 0.5)
+    assert partial.epsilon() > full.epsilon()
+
+
+def test_single_client_round_is_never_summed_in_the_clear(tiny_federated_config, tmp_path):
+    cfg = tiny_federated_config(
+        "privacy.secure_aggregation=true",
+        "federated.clients_per_round=1",
+        "federated.rounds=1",
+        f"out_dir={tmp_path / 'one'}",
+    )
+    run = simulation.train(cfg)
+    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert "at least 2 clients" in record["skipped"]
