@@ -224,14 +224,15 @@ def _write_delayed_audio(path, num_frames: int, audio: np.ndarray, delay: float)
 
 
 def test_audio_is_put_on_the_video_clock_like_load_media(tmp_path, sine):
-    from privfedtalk.data.prepare import _clip_audio, _fit_audio
+    from privfedtalk.data.media import fit_audio
+    from privfedtalk.data.prepare import _clip_audio
 
     audio = sine(1.0)
     audio[:800] = 0.0  # 50 ms of silence, then the tone
     _write_delayed_audio(tmp_path / "late.mp4", 25, audio, delay=0.2)
     expected = load_media(tmp_path / "late.mp4", RATE).audio
     got, source = _clip_audio(tmp_path / "late.mp4", RATE)
-    got = _fit_audio(got, source, 25, FPS, RATE)
+    got = fit_audio(got, source, 25, FPS, RATE)
     assert np.array_equal(got, expected)
     assert abs(int(np.argmax(np.abs(got) > 0.05)) - round(0.25 * RATE)) < 40  # tone starts 0.2 + 0.05 s in
 
