@@ -57,7 +57,8 @@ def _check_file(path: Path) -> None:
         raise MediaError(path, "empty file (0 bytes)", "re-copy or re-export it, or remove it")
 
 
-def _open(path: Path):
+def open_media(path: Path):
+    """av container of a media file, or a one-line MediaError (missing, empty, unreadable)."""
     _check_file(path)
     try:
         return av.open(str(path))
@@ -213,7 +214,7 @@ def _to_mono_planar(x: np.ndarray) -> np.ndarray:
 
 def _decode(path: Path, sample_rate: int, want_video: bool, want_audio: bool):
     """One demux pass: returns (frames list, fps, audio or None, has_audio_stream)."""
-    container = _open(path)
+    container = open_media(path)
     try:
         vstream = container.streams.video[0] if container.streams.video else None
         astream = container.streams.audio[0] if container.streams.audio else None

@@ -21,7 +21,7 @@ import numpy as np
 
 from privfedtalk.data.corpus import VIDEO_EXTS, LoadReport, read_split
 from privfedtalk.data.faces import FaceDetector, crop_frame, smooth_track
-from privfedtalk.data.media import fit_audio, read_audio, write_video, yuv_frame_to_rgb
+from privfedtalk.data.media import fit_audio, open_media, read_audio, write_video, yuv_frame_to_rgb
 from privfedtalk.errors import MediaError, PrivFedTalkError
 
 __all__ = [
@@ -161,18 +161,7 @@ def _sources(src: Path) -> tuple[list[tuple[str, Path, Path]], list[Path], list[
 
 
 def _open(path: Path):
-    if not path.is_file():
-        raise MediaError(path, "file not found", "check the path")
-    if path.stat().st_size == 0:
-        raise MediaError(path, "empty file (0 bytes)", "re-copy or re-export it, or remove it")
-    try:
-        container = av.open(str(path))
-    except (av.FFmpegError, OSError, ValueError) as err:
-        raise MediaError(
-            path,
-            f"not a readable media file: corrupt, truncated or not a video ({_short(err)})",
-            _FIX_REEXPORT,
-        ) from None
+    container = open_media(path)
     if not container.streams.video:
         container.close()
         raise MediaError(path, "no video stream (not a video, or a truncated file)", _FIX_REEXPORT)
