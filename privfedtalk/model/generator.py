@@ -353,7 +353,10 @@ class TalkingHeadGenerator(nn.Module):
         reference = self.encode_frames(reference_frame[None])[0]
         features = torch.as_tensor(np.asarray(audio_features), dtype=torch.float32)
         generator = torch.Generator().manual_seed(seed)
-        latents = self.sample(reference, features, generator, **kwargs)
+        # Half precision at inference on CUDA (the denoiser dominates); fp32 on CPU.
+        half = torch.autocast("cuda", dtype=torch.float16, enabled=self.device.type == "cuda")
+        with half:
+            latents = self.sample(reference, features, generator, **kwargs)
         decoded = self.decode_latents(latents)
         if not (self.spec.anchor_decode if anchor is None else anchor):
             return decoded
