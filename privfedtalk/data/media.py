@@ -302,17 +302,23 @@ def load_media(path, sample_rate: int = 16000) -> Media:
         raise MediaError(path, "corrupt or truncated video: no frames could be decoded", _FIX_REEXPORT)
     source = path
     if not has_audio:
-        sidecar = path.with_suffix(".wav")
-        if not sidecar.exists():
-            raise MediaError(
-                path,
-                f"no audio: no audio track and no sidecar {sidecar.name}",
-                f"mux an audio track into it or put {sidecar.name} next to it",
-            )
+        sidecar = sidecar_wav(path)
         audio = _read_soundfile(sidecar, sample_rate)
         source = sidecar
     audio = fit_audio(audio, source, len(frames), fps, sample_rate)
     return Media(np.stack(frames), float(fps), audio, int(sample_rate), str(path))
+
+
+def sidecar_wav(path: Path) -> Path:
+    """The `<stem>.wav` next to a video without an audio track, or a one-line MediaError."""
+    sidecar = path.with_suffix(".wav")
+    if not sidecar.exists():
+        raise MediaError(
+            path,
+            f"no audio: no audio track and no sidecar {sidecar.name}",
+            f"mux an audio track into it or put {sidecar.name} next to it",
+        )
+    return sidecar
 
 
 def fit_audio(audio: np.ndarray, source, num_frames: int, fps: float, sample_rate: int) -> np.ndarray:

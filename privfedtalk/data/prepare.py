@@ -21,7 +21,14 @@ import numpy as np
 
 from privfedtalk.data.corpus import VIDEO_EXTS, LoadReport, read_split
 from privfedtalk.data.faces import FaceDetector, crop_frame, smooth_track
-from privfedtalk.data.media import fit_audio, open_media, read_audio, write_video, yuv_frame_to_rgb
+from privfedtalk.data.media import (
+    fit_audio,
+    open_media,
+    read_audio,
+    sidecar_wav,
+    write_video,
+    yuv_frame_to_rgb,
+)
 from privfedtalk.errors import MediaError, PrivFedTalkError
 
 __all__ = [
@@ -263,13 +270,7 @@ def _clip_audio(path: Path, sample_rate: int) -> tuple[np.ndarray, Path]:
     except (av.FFmpegError, ValueError, RuntimeError) as err:
         raise MediaError(path, f"corrupt audio track ({_short(err)})", _FIX_REEXPORT) from None
     if starts is None:
-        sidecar = path.with_suffix(".wav")
-        if not sidecar.exists():
-            raise MediaError(
-                path,
-                f"no audio: no audio track and no sidecar {sidecar.name}",
-                f"mux an audio track into it or put {sidecar.name} next to it",
-            )
+        sidecar = sidecar_wav(path)
         return read_audio(sidecar, sample_rate), sidecar
     audio = read_audio(path, sample_rate)
     # Same alignment as load_media: a track that starts late gets leading silence, an early one is cut.

@@ -477,17 +477,12 @@ class identity_adapter_off:
 
     def __enter__(self):
         if self.had_identity:
-            names = [n for n in self.unet.peft_config if n != adapters.IDENTITY]
-            if names:
-                self.unet.set_adapter(names)
-            else:
-                self.unet.disable_adapters()
+            adapters.use_shared_only(self.unet)
         return self
 
     def __exit__(self, *exc):
         if self.had_identity:
-            self.unet.enable_adapters()
-            self.unet.set_adapter(list(self.unet.peft_config))
+            adapters.use_all(self.unet)
 
 
 def heldout_clips(cfg, specs: list[ClientSpec]) -> list:
@@ -529,7 +524,6 @@ def load_personalized_model(run_dir: str | Path, client_id: str | None, use_iden
             )
         adapters.load_adapter_state(model.unet, adapters.IDENTITY, store.load_identity(client_id))
     elif adapters.IDENTITY in model.unet.peft_config:
-        names = [n for n in model.unet.peft_config if n != adapters.IDENTITY]
-        model.unet.set_adapter(names) if names else model.unet.disable_adapters()
+        adapters.use_shared_only(model.unet)
     model.eval()
     return model, encoder

@@ -40,8 +40,18 @@ def attach_adapters(unet, shared_cfg=None, identity_cfg=None) -> None:
         param.requires_grad = any(f".{a}." in name for a in names) and "lora_" in name
 
 
-def set_active(unet, names: list[str]) -> None:
-    unet.set_adapter(names)
+def use_shared_only(unet) -> None:
+    """Deactivate the identity adapter (the global model without personalization)."""
+    names = [n for n in getattr(unet, "peft_config", {}) if n != IDENTITY]
+    if names:
+        unet.set_adapter(names)
+    else:
+        unet.disable_adapters()
+
+
+def use_all(unet) -> None:
+    unet.enable_adapters()
+    unet.set_adapter(list(unet.peft_config))
 
 
 def adapter_parameters(unet, adapter: str) -> list[torch.nn.Parameter]:
