@@ -115,7 +115,7 @@ def train_denoiser(
             )
         precision.step(out["total"], optimizer, params)
         schedule.step()
-        losses.append(float(out["diffusion"]))
+        losses.append(out["diffusion"].item())
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
         if writer is not None and step % 20 == 0:
             writer.add_scalar("pretrain/diffusion_loss", float(np.mean(losses[-20:])), step)

@@ -154,8 +154,8 @@ class LocalTrainer:
             if cfg.mu > 0:
                 loss = loss + fedprox_term(self.shared, global_copy, cfg.mu)
             self.precision.step(loss, optimizer, params)
-            losses.append(float(out["diffusion"]))
-            tdcs.append(float(out.get("tdc", torch.zeros(()))))
+            losses.append(out["diffusion"].item())
+            tdcs.append(out["tdc"].item() if "tdc" in out else 0.0)
         model.unet.eval()
         train_seconds = time.perf_counter() - t1
 
