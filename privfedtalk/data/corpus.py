@@ -100,9 +100,10 @@ class LoadReport:
             _LOG.warning(message)
 
     @staticmethod
-    def category(reason: str) -> str:
+    def category(reason: str, extra: tuple = ()) -> str:
+        """Summary bucket of a skip reason; `extra` (phrase, name) pairs are tried first."""
         low = reason.lower()
-        for phrase, name in _CATEGORIES:
+        for phrase, name in (*extra, *_CATEGORIES):
             if phrase in low:
                 return name
         return "other"

@@ -80,11 +80,7 @@ class PrepareSummary:
 
     @staticmethod
     def category(reason: str) -> str:
-        low = reason.lower()
-        for phrase, name in _CATEGORIES:
-            if phrase in low:
-                return name
-        return LoadReport.category(reason)
+        return LoadReport.category(reason, extra=_CATEGORIES)
 
     def counts(self) -> dict[str, int]:
         """Skipped clips by reason category, e.g. {"no audio": 2, "no face": 1}."""
