@@ -6,6 +6,7 @@ Every preset holds
   federated  config overrides shared by EVERY row (budget: rounds, clients_per_round, local_steps,
              batch_windows, lr, server_lr); rows differ only in method keys (see run_benchmark.ROWS);
   seeds      seeds of the main table (rows local-only, fedavg, fedprox, privfedtalk); --seeds overrides;
+  jobs       runs trained at once, each in its own process (default 1); --jobs overrides;
   eval_clients       held-out evaluation of the first K private identities' clients (None: all);
   eval_sample_steps  DDIM steps at evaluation (None: the checkpoint's model.diffusion.sample_steps);
   target_epsilon     the privfedtalk row's ε (δ = privacy.delta);
@@ -66,6 +67,7 @@ PRESETS: dict[str, dict] = {
             "federated.server_lr=1.0",
         ],
         "seeds": 3,
+        "jobs": 2,  # two 1-thread runs at a time: more throughput than one 2-thread run on 2 cores
         "eval_clients": 4,
         "eval_sample_steps": 10,
         "target_epsilon": 8.0,

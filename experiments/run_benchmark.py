@@ -29,6 +29,7 @@ import math
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -290,6 +291,82 @@ def prepare_backbone(preset_name: str, preset: dict, out: Path, cli_overrides: l
 
 
 # -------------------------------------------------------------------------------------- training
+
+
+def run_worker(plan: Path) -> dict:
+    """--worker PLAN: train and evaluate the one run PLAN describes; write PLAN's .result.json."""
+    from privfedtalk.config import load_config
+    from privfedtalk.federated.store import atomic_write_text
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("privfedtalk").setLevel(logging.INFO)
+    job = json.loads(plan.read_text())
+    run = Run(job["key"], load_config(job["config"], job["overrides"]))
+    ensure_trained(run, job["fresh"])
+    ensure_evaluated(run, job["identities"], job["steps"], ClipCache())
+    result = {"status": run.status, "train_s": run.train_s, "eval_s": run.eval_s}
+    atomic_write_text(json.dumps(result), plan.with_suffix(".result.json"))
+    return result
+
+
+def run_in_parallel(runs: list[Run], jobs: int, fresh: bool, identities: list[str], steps, runs_dir: Path):
+    """Train + evaluate `runs`, `jobs` at a time, each in its own process (`--worker`).
+
+    Each worker gets max(1, threads // jobs) torch threads: on a 2-core CPU two 1-thread runs finish
+    sooner than one 2-thread run after another (small convolutions scale poorly across threads).
+    A run's folder is written only by its own worker; a failed worker stops the benchmark, naming its log.
+    """
+    from omegaconf import OmegaConf
+
+    plans = runs_dir / ".jobs"
+    plans.mkdir(parents=True, exist_ok=True)
+    pending, active = list(runs), []
+    while pending or active:
+        while pending and len(active) < jobs:
+            run = pending.pop(0)
+            name = run.key.replace("/", "_")
+            threads = max(1, int(run.cfg.threads) // jobs)
+            config_file = plans / f"{name}.yaml"
+            config_file.write_text(OmegaConf.to_yaml(run.cfg))
+            plan = plans / f"{name}.json"
+            plan.write_text(
+                json.dumps(
+                    {
+                        "key": run.key,
+                        "config": str(config_file),
+                        "overrides": [f"threads={threads}"],
+                        "fresh": fresh,
+                        "identities": identities,
+                        "steps": steps,
+                    }
+                )
+            )
+            plan.with_suffix(".result.json").unlink(missing_ok=True)
+            log_file = plans / f"{name}.log"
+            with open(log_file, "w") as stream:
+                proc = subprocess.Popen(
+                    [sys.executable, str(Path(__file__).resolve()), "--worker", str(plan)],
+                    stdout=stream,
+                    stderr=subprocess.STDOUT,
+                    cwd=os.getcwd(),
+                )
+            log.info("%s: started in a worker (%d threads; log %s)", run.key, threads, log_file)
+            active.append((run, proc, plan, log_file))
+        time.sleep(1.0)
+        for item in list(active):
+            run, proc, plan, log_file = item
+            if proc.poll() is None:
+                continue
+            active.remove(item)
+            if proc.returncode != 0:
+                for _, other, *_ in active:
+                    other.terminate()
+                tail = log_file.read_text(errors="replace").strip().splitlines()[-1:] or ["(empty log)"]
+                raise SystemExit(f"{run.key}: worker failed ({tail[0]}); full log: {log_file}")
+            result = json.loads(plan.with_suffix(".result.json").read_text())
+            run.status, run.train_s, run.eval_s = result["status"], result["train_s"], result["eval_s"]
+            log.info("%s: %s (train %.0f s, eval %.0f s)", run.key, run.status, run.train_s, run.eval_s)
 
 
 def reset_peak_memory() -> None:
@@ -906,6 +983,13 @@ def parse_args(argv):
     parser.add_argument("--list", action="store_true", help="print the row names and exit")
     parser.add_argument("--checkpoint", type=Path, help="use this pretrained backbone instead of the cache")
     parser.add_argument("--data", type=Path, help="use this corpus (with split.json) instead of the cache")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        help="runs trained and evaluated at once, each in its own process with threads/jobs torch "
+        "threads (default: the preset's)",
+    )
+    parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)  # one run, for --jobs > 1
     parser.add_argument("overrides", nargs="*", help="key=value applied to every run (e.g. threads=1)")
     args = parser.parse_args(argv)
     if args.only:  # `--only a b threads=1`: argparse hands the override to --only
@@ -918,12 +1002,16 @@ def parse_args(argv):
         parser.error("give --checkpoint and --data together")
     if args.seeds is not None and args.seeds < 1:
         parser.error("--seeds must be >= 1")
+    if args.jobs is not None and args.jobs < 1:
+        parser.error("--jobs must be >= 1")
     return args
 
 
 def main(argv=None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    if args.worker is not None:
+        return run_worker(args.worker)
     args.argv = ["experiments/run_benchmark.py"] + argv
     preset = PRESETS[args.preset]
     names = row_names(preset)
@@ -973,12 +1061,19 @@ def main(argv=None) -> dict:
     steps = preset["eval_sample_steps"]
 
     cache = ClipCache()
+    jobs = args.jobs or int(preset.get("jobs", 1))
+    t0 = time.perf_counter()
+    if jobs > 1:
+        run_in_parallel(list(chosen_runs), jobs, args.fresh, eval_identities, steps, out_dir / "runs")
     for run in chosen_runs:
-        ensure_trained(run, args.fresh)
-        ensure_evaluated(run, eval_identities, steps, cache)
+        if jobs == 1:
+            ensure_trained(run, args.fresh)
+        ensure_evaluated(run, eval_identities, steps, cache)  # with jobs > 1: reads the worker's eval.json
         run.records = read_records(Path(run.cfg.out_dir))
     times["train_s"] = sum(r.train_s for r in chosen_runs)
     times["eval_s"] = sum(r.eval_s for r in chosen_runs)
+    times["runs_wall_s"] = time.perf_counter() - t0
+    times["jobs"] = jobs
 
     t0 = time.perf_counter()
     fed = base.federated

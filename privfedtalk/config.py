@@ -123,7 +123,7 @@ class PrivacyConfig:
     dropout_rate: float = 0.0  # simulated clients that drop after sharing their keys
     fixed_point_bits: int = 64
     dp: bool = False
-    clip_norm: float = 0.5  # C: L2 bound on each client's shared-adapter update
+    clip_norm: float = 0.05  # C: L2 bound on each client's shared-adapter update (see docs/threat-model.md)
     noise_multiplier: float = 1.0  # z: noise std = z * w_max * C on the weighted sum
     target_epsilon: float = 0.0  # > 0: calibrate z for the configured rounds instead
     delta: float = 1e-5

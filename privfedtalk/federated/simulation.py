@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,12 +263,20 @@ def _train(cfg, resume, on_client_done, group) -> Path:
 
     writer = SummaryWriter(str(run_dir / "tensorboard")) if is_server else None
     if server.accountant is not None:
+        # The noise vector's norm is std * sqrt(d) whatever the updates are, while the weighted sum of
+        # clipped updates has norm <= expected_clients * w_max * C: with few clients per round the
+        # noise dominates for any C, and C only sets how far it moves the shared adapter.
+        std, dims = server.noise_std_total(), len(server.global_shared)
         log.info(
-            "DP: noise multiplier z = %.3f, clip C = %.3g, w_max = %.3g (noise std %.3g on the sum)",
+            "DP: z = %.3f, clip C = %.3g, w_max = %.3g: noise std %.3g per value on the sum; "
+            "noise norm ~%.3g vs at most %.3g of clipped signal (%d clients x w_max x C)",
             server.noise_multiplier,
             cfg.privacy.clip_norm,
             server.weight_cap,
-            server.noise_std_total(),
+            std,
+            std * math.sqrt(dims),
+            server.expected_clients * server.weight_cap * cfg.privacy.clip_norm,
+            server.expected_clients,
         )
     for round_index in tqdm(
         range(start_round, fed.rounds),

@@ -90,3 +90,25 @@ def test_second_invocation_reuses_finished_rows(bench, caplog):
     assert before == after and len(before) == 4
     assert sorted(p.name for p in runs.iterdir()) == ["fedavg", "privfedtalk"]
     assert "reused" in caplog.text and "backbone: reused" in caplog.text
+
+
+def test_parallel_jobs_reproduce_the_serial_numbers(bench):
+    """--jobs 2 trains each run in its own worker process; with threads=1 either way, same numbers."""
+    module, out, serial = bench
+    table = module.main(ARGS + ["--out", str(out), "--jobs", "2", "--fresh"])
+    assert {k: v["status"] for k, v in table["runs"].items()} == {
+        "fedavg/seed0": "trained",
+        "privfedtalk/seed0": "trained",
+    }
+    assert table["timings"]["jobs"] == 2
+    jobs = out / "tiny" / "runs" / ".jobs"
+    assert sorted(p.name for p in jobs.glob("*.result.json")) == [
+        "fedavg_seed0.result.json",
+        "privfedtalk_seed0.result.json",
+    ]
+    for before, after in zip(serial["main"], table["main"], strict=True):
+        for key in ("psnr", "sync_corr", "epsilon"):
+            if before["mean"][key] is None:  # fedavg's ε: no DP
+                assert after["mean"][key] is None
+            else:
+                assert after["mean"][key] == pytest.approx(before["mean"][key], rel=1e-6, abs=1e-9), key
