@@ -40,7 +40,9 @@ class IdentityEncoder(nn.Module):
         self.classifier = nn.Linear(dim, num_identities)
 
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.features(pixels), dim=-1)
+        """Unit-norm embeddings of pixels in [-1, 1], computed where the weights are (CPU or GPU)."""
+        weight = self.classifier.weight
+        return F.normalize(self.features(pixels.to(weight.device, weight.dtype)), dim=-1)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.embed(pixels) * 8.0)
@@ -104,4 +106,4 @@ def identity_similarity(encoder: IdentityEncoder, frames, reference) -> float:
 def identity_features(encoder: IdentityEncoder, frames) -> np.ndarray:
     """Embeddings (T, dim) of uint8 frames (T, H, W, 3), e.g. for the Fréchet distance."""
     pixels = torch.as_tensor(np.asarray(frames)).float().permute(0, 3, 1, 2) / 127.5 - 1.0
-    return encoder.embed(pixels).numpy()
+    return encoder.embed(pixels).cpu().numpy()
