@@ -565,7 +565,9 @@ def summarize(row: Row) -> dict:
     }
     if row.table == "privacy":
         out["target_epsilon"] = None if math.isinf(row.target_epsilon) else row.target_epsilon
-        out["noise_multiplier"] = first.records[-1].get("noise_multiplier") if first.records else None
+        # The planned z (the last round may have been skipped, or had fewer clients than planned).
+        noised = [r["noise_multiplier"] for r in first.records if r.get("noise_multiplier")]
+        out["noise_multiplier"] = max(noised) if noised else None
     return out
 
 
@@ -620,6 +622,9 @@ def compare(table: dict) -> list[dict]:
                 if gain > spread:
                     entry["verdict"] = "beats"
                     entry["text"] = f"{label}: beats {base_name} beyond seed spread ({numbers})"
+                elif -gain > spread:
+                    entry["verdict"] = "worse"
+                    entry["text"] = f"{label}: worse than {base_name} beyond seed spread ({numbers})"
                 else:
                     entry["verdict"] = "does not beat"
                     how = "better, but within the spread" if gain > 0 else "not better"
@@ -628,6 +633,105 @@ def compare(table: dict) -> list[dict]:
                     )
             out.append(entry)
     return out
+
+
+KEY_METRICS = ("psnr", "mouth_psnr", "sync_corr", "id_sim")
+
+
+def reading(table: dict) -> list[str]:
+    """Plain-language findings beside the per-metric comparison, derived from the numbers.
+
+    Single-seed rows (centralized, ablations, privacy-utility) have no spread of their own; their
+    differences are measured against FedAvg's seed spread (2 x its sample std), the yardstick used
+    in every sentence below.
+    """
+    main = {s["row"]: s for s in table["main"]}
+    fedavg = main.get("fedavg")
+    labels = {key: (label, decimals, direction) for key, label, direction, decimals in QUALITY}
+    lines = []
+
+    def yardstick(key):
+        std = fedavg["std"][key] if fedavg else None
+        return 2 * std if std is not None else None
+
+    def against(row: dict, ref: dict, ref_name: str) -> str:
+        parts, beyond = [], 0
+        for key in KEY_METRICS:
+            a, b = row["mean"][key], ref["mean"][key]
+            if a is None or b is None:
+                continue
+            label, decimals, direction = labels[key]
+            delta, noise = a - b, yardstick(key)
+            mark = ""
+            if noise is not None and abs(delta) > noise:
+                beyond += 1
+                mark = " (beyond spread: " + ("better" if direction * delta > 0 else "worse") + ")"
+            parts.append(f"{label} {delta:+.{decimals}f}{mark}")
+        return f"vs {ref_name}: " + ", ".join(parts), beyond
+
+    if fedavg and "local-only" in main:
+        text, beyond = against(fedavg, main["local-only"], "local-only")
+        verdict = (
+            "federating the shared adapter changes nothing measurable"
+            if beyond == 0
+            else (f"federation moves {beyond} of {len(KEY_METRICS)} key metrics beyond the spread")
+        )
+        lines.append(f"FedAvg {text}: {verdict}.")
+    if fedavg and "fedprox" in main:
+        text, beyond = against(main["fedprox"], fedavg, "FedAvg")
+        lines.append(f"FedProx {text}" + (": indistinguishable." if beyond == 0 else "."))
+    comparison = table.get("comparison") or []
+    if comparison:
+        verdicts = [c["verdict"] for c in comparison if c["baseline"] != "local-only"]
+        lines.append(
+            f"PrivFedTalk vs FedAvg/FedProx, {len(verdicts)} (metric, baseline) pairs: "
+            f"{verdicts.count('beats')} better beyond seed spread, {verdicts.count('worse')} worse beyond "
+            f"seed spread, {verdicts.count('does not beat')} within the spread."
+        )
+    if fedavg and "centralized" in main:
+        text, beyond = against(main["centralized"], fedavg, "FedAvg")
+        lines.append(
+            f"Centralized (one client with all private data, seed 0) {text}"
+            + (": no gap for federation to close here." if beyond == 0 else ".")
+        )
+    ablation = {s["row"]: s for s in table.get("ablation", [])}
+    if "adapters-only" in ablation:
+        for name, row in ablation.items():
+            if name == "adapters-only":
+                continue
+            text, beyond = against(row, ablation["adapters-only"], "adapters-only")
+            lines.append(f"Ablation {row['label']} {text}" + (": within the spread." if beyond == 0 else "."))
+    privacy = table.get("privacy") or []
+    if privacy:
+        points = []
+        for row in privacy:
+            eps = row["mean"].get("epsilon")
+            eps_text = "∞" if eps is None else f"{eps:.2f}"
+            points.append(
+                f"target {row['target_epsilon'] or '∞'} -> ε {eps_text}: PSNR "
+                f"{fmt(row['mean']['psnr'], 2)}, sync {fmt(row['mean']['sync_corr'], 3)}"
+            )
+        lines.append("Privacy-utility (measured ε, seed 0): " + "; ".join(points) + ".")
+        ref = next((r for r in privacy if r["target_epsilon"] is None), None)
+        if ref is not None:
+            worst = [r for r in privacy if r is not ref and against(r, ref, "ε=∞")[1] > 0]
+            lines.append(
+                "Against the ε=∞ point, "
+                + (
+                    "no noise level moves a key metric beyond the spread."
+                    if not worst
+                    else "key metrics move beyond the spread at target ε "
+                    + ", ".join(str(r["target_epsilon"]) for r in worst)
+                    + "."
+                )
+            )
+    if lines:
+        seeds = fedavg["n_seeds"] if fedavg else 0
+        lines.append(
+            f"Yardstick (also for single-seed rows): 2 x FedAvg's sample std over its {seeds} seeds. "
+            "All numbers come from one synthetic corpus; a difference inside the yardstick is noise."
+        )
+    return lines
 
 
 # ---------------------------------------------------------------------------------------- outputs
@@ -944,6 +1048,8 @@ def readme(table: dict, args, rows: list[Row]) -> str:
         "## Honest reading",
         "",
     ]
+    lines += [f"- {text}" for text in table.get("reading", [])]
+    lines += ["", "Per metric, PrivFedTalk against each baseline:", ""]
     if table["comparison"]:
         beats = [c for c in table["comparison"] if c["verdict"] == "beats" and c["baseline"] != "local-only"]
         lines.append(
@@ -1107,6 +1213,7 @@ def main(argv=None) -> dict:
     for name in TABLES:
         table[name] = [summarize(r) for r in selected if r.table == name]
     table["comparison"] = compare(table)
+    table["reading"] = reading(table)
     families = {run.eval.get("metric_family") for run in chosen_runs}
     table["metric_family"] = "; ".join(sorted(f for f in families if f))
     table["runs"] = {

@@ -27,6 +27,7 @@ def cmd_synth(args) -> None:
         seed=args.seed,
         public_fraction=args.public_fraction,
         private_clips=args.private_clips,
+        private_mouth_lag=args.private_mouth_lag,
     )
     split = info["split"]
     log.info(
@@ -224,6 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--public-fraction", type=float, default=0.5)
     p.add_argument(
         "--private-clips", type=int, default=None, help="clips per private identity (default: --clips)"
+    )
+    p.add_argument(
+        "--private-mouth-lag",
+        type=int,
+        default=0,
+        help="frames by which private identities' mouths trail their audio (a domain shift; default 0)",
     )
     p.set_defaults(func=cmd_synth)
 

@@ -73,7 +73,7 @@ def train_vae(vae, clips, vae_cfg, seed: int, writer=None, precision: Precision 
         schedule.step()
         bar.set_postfix(loss=f"{rec_loss.item():.4f}")
         if writer is not None and step % 20 == 0:
-            writer.add_scalar("pretrain/vae_loss", float(rec_loss), step)
+            writer.add_scalar("pretrain/vae_loss", rec_loss.item(), step)
     vae.eval()
     with torch.no_grad():
         pick = torch.randint(0, len(frames), (min(256, len(frames)),), generator=generator)

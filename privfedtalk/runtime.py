@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import resource
 import sys
+from pathlib import Path
 
 import torch
 
@@ -82,8 +83,19 @@ def enable_gradient_checkpointing(module, enabled: bool, device: torch.device) -
 
 
 def peak_memory_mb(device: torch.device | None = None) -> float:
-    """Peak GPU memory on CUDA, else peak resident set size of this process, in MiB."""
+    """Peak GPU memory on CUDA, else peak resident set size of this process, in MiB.
+
+    On Linux the CPU peak is VmHWM from /proc/self/status: it belongs to this process image (a worker
+    started by a big parent does not inherit the parent's peak, as ru_maxrss does across fork and
+    exec) and `echo 5 > /proc/self/clear_refs` resets it between measurements.
+    """
     if device is not None and device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024

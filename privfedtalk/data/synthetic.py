@@ -518,6 +518,7 @@ def synthesize_corpus(
     seed: int = 0,
     public_fraction: float = 0.5,
     private_clips: int | None = None,
+    private_mouth_lag: int = 0,
 ) -> dict:
     """Write the synthetic corpus and return its manifest.
 
@@ -527,9 +528,14 @@ def synthesize_corpus(
     Returns {"root", "identities", "split", "clips": {identity: [relative mp4 paths]}, "fps", "size", ...}.
     `private_clips` (default `clips`) sets the clip count of private identities: many public identities
     with few clips each make a backbone that generalizes, while clients need several clips each.
+    `private_mouth_lag` > 0 makes the private identities' mouths trail their audio by that many frames
+    (a speaking style the public backbone never saw): a domain shift that federated adapters can learn
+    from all clients' data, while each client alone has only its own few clips.
     """
     if identities < 1 or clips < 1:
         raise ValueError("identities and clips must be >= 1")
+    if private_mouth_lag < 0:
+        raise ValueError("private_mouth_lag must be >= 0")
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     num = int(round(seconds * fps))
@@ -547,6 +553,8 @@ def synthesize_corpus(
             rng = np.random.default_rng([seed, k, 1000 + c])
             audio, env = synth_speech(rng, n_audio / SAMPLE_RATE, face.f0, face.formant_scale, face.breath)
             centres = np.rint((np.arange(num) + 0.5) / fps * SAMPLE_RATE).astype(int)
+            if k >= n_pub and private_mouth_lag:  # frame t shows the mouth of audio frame t - lag
+                centres = centres[np.maximum(np.arange(num) - private_mouth_lag, 0)]
             mouth = np.round(env[np.minimum(centres, n_audio - 1)].astype(np.float64), 4)
             offsets = _head_motion(rng, num, size, fps)
             blink = np.round(_blinks(rng, num, fps), 4)

@@ -104,3 +104,21 @@ def test_audio_is_speech_like_and_drives_mouth(tiny_corpus):
     loud = frame_loudness(media.audio, media.sample_rate, media.fps, media.num_frames)
     assert np.corrcoef(loud, mouth)[0, 1] > 0.9
     assert loud[mouth == 0].max() < 0.05
+
+
+def test_private_mouth_lag_shifts_only_private_mouths(tmp_path):
+    common = dict(identities=2, clips=1, seconds=2.0, size=32, seed=3, public_fraction=0.5)
+    plain = synthesize_corpus(tmp_path / "plain", **common)
+    lagged = synthesize_corpus(tmp_path / "lag", **common, private_mouth_lag=2)
+    public, private = plain["split"]["public"][0], plain["split"]["private"][0]
+    assert json.loads((tmp_path / "plain" / public / "clip00.json").read_text()) == json.loads(
+        (tmp_path / "lag" / public / "clip00.json").read_text()
+    )
+    before = np.asarray(_clip(plain["root"], private)[1]["mouth_open"])
+    media, truth = _clip(lagged["root"], private)
+    after = np.asarray(truth["mouth_open"])
+    np.testing.assert_array_equal(after[2:], before[:-2])  # frame t shows audio frame t - 2
+    loud = frame_loudness(media.audio, media.sample_rate, media.fps, media.num_frames)
+    lags = range(-4, 5)
+    best = max(lags, key=lambda k: np.corrcoef(np.roll(loud, k)[4:-4], after[4:-4])[0, 1])
+    assert best == 2  # the mouth trails the audio by two frames

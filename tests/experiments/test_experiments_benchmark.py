@@ -112,3 +112,45 @@ def test_parallel_jobs_reproduce_the_serial_numbers(bench):
                 assert after["mean"][key] is None
             else:
                 assert after["mean"][key] == pytest.approx(before["mean"][key], rel=1e-6, abs=1e-9), key
+
+
+def _summary(row, mean, std=None, table="main", seeds=3, target=None):
+    keys = ("psnr", "ssim", "mouth_psnr", "sync_corr", "id_sim", "jitter", "fd_identity_features")
+    full = {k: mean.get(k, 0.5) for k in keys} | {"epsilon": mean.get("epsilon")}
+    spread = {k: (std or {}).get(k, 0.01) if seeds > 1 else None for k in full}
+    out = {"row": row, "label": row, "table": table, "n_seeds": seeds, "mean": full, "std": spread}
+    if table == "privacy":
+        out["target_epsilon"] = target
+    return out
+
+
+def test_reading_names_what_moved_beyond_the_spread_and_what_did_not():
+    module = load_benchmark()
+    table = {
+        "main": [
+            _summary("local-only", {"psnr": 26.0, "sync_corr": 0.96}),
+            _summary("fedavg", {"psnr": 26.0, "sync_corr": 0.96}),
+            _summary("fedprox", {"psnr": 26.01, "sync_corr": 0.96}),
+            _summary("privfedtalk", {"psnr": 23.0, "sync_corr": 0.10}),
+            _summary("centralized", {"psnr": 27.0, "sync_corr": 0.96}, seeds=1),
+        ],
+        "ablation": [
+            _summary("adapters-only", {"psnr": 26.0}, table="ablation", seeds=1),
+            _summary("+tdc", {"psnr": 26.006}, table="ablation", seeds=1),
+        ],
+        "privacy": [
+            _summary("eps-inf", {"psnr": 26.0}, table="privacy", seeds=1, target=None),
+            _summary("eps-2", {"psnr": 20.0, "epsilon": 1.9}, table="privacy", seeds=1, target=2.0),
+        ],
+    }
+    table["comparison"] = module.compare(table)
+    verdicts = {(c["baseline"], c["metric"]): c["verdict"] for c in table["comparison"]}
+    assert verdicts[("fedavg", "psnr")] == "worse" and verdicts[("fedavg", "sync_corr")] == "worse"
+    assert verdicts[("fedavg", "ssim")] == "does not beat"  # equal means
+    text = "\n".join(module.reading(table))
+    assert "federating the shared adapter changes nothing measurable" in text
+    assert "FedProx vs FedAvg" in text and "indistinguishable" in text
+    assert "0 better beyond seed spread, 4 worse beyond seed spread" in text
+    assert "PSNR (dB) +1.00 (beyond spread: better)" in text  # centralized: +1 dB > 2 x 0.01
+    assert "Ablation +tdc vs adapters-only: PSNR (dB) +0.01" in text and "within the spread" in text
+    assert "key metrics move beyond the spread at target ε 2.0" in text

@@ -31,3 +31,28 @@ def test_cuda_request_without_cuda_falls_back_to_cpu(caplog):
         assert resolve_device("cuda").type == "cpu"
     assert "not available" in caplog.text
     assert peak_memory_mb() > 10  # peak RSS of this process, in MiB
+
+
+def test_cpu_peak_memory_is_per_process_and_resettable():
+    """A worker started by a big process reports its own peak, and clear_refs starts a new reading."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+    import pytest
+
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("needs Linux /proc")
+    block = np.ones(400 * 2**20 // 8)  # 400 MiB, touched
+    parent_peak = peak_memory_mb()
+    child = subprocess.run(
+        [sys.executable, "-c", "from privfedtalk.runtime import peak_memory_mb; print(peak_memory_mb())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert float(child.stdout) < parent_peak - 300  # ru_maxrss would inherit the parent's peak
+    del block
+    Path("/proc/self/clear_refs").write_text("5")
+    assert peak_memory_mb() < parent_peak - 300
