@@ -317,11 +317,20 @@ def run_in_parallel(runs: list[Run], jobs: int, fresh: bool, identities: list[st
     sooner than one 2-thread run after another (small convolutions scale poorly across threads).
     A run's folder is written only by its own worker; a failed worker stops the benchmark, naming its log.
     """
-    from omegaconf import OmegaConf
-
     plans = runs_dir / ".jobs"
     plans.mkdir(parents=True, exist_ok=True)
     pending, active = list(runs), []
+    try:
+        _drive_workers(pending, active, jobs, fresh, identities, steps, plans)
+    except BaseException:  # Ctrl-C or a failed worker: stop the others; finished rounds stay resumable
+        for _, proc, *_ in active:
+            proc.terminate()
+        raise
+
+
+def _drive_workers(pending, active, jobs, fresh, identities, steps, plans: Path) -> None:
+    from omegaconf import OmegaConf
+
     while pending or active:
         while pending and len(active) < jobs:
             run = pending.pop(0)
@@ -349,7 +358,6 @@ def run_in_parallel(runs: list[Run], jobs: int, fresh: bool, identities: list[st
                     [sys.executable, str(Path(__file__).resolve()), "--worker", str(plan)],
                     stdout=stream,
                     stderr=subprocess.STDOUT,
-                    cwd=os.getcwd(),
                 )
             log.info("%s: started in a worker (%d threads; log %s)", run.key, threads, log_file)
             active.append((run, proc, plan, log_file))
@@ -360,8 +368,6 @@ def run_in_parallel(runs: list[Run], jobs: int, fresh: bool, identities: list[st
                 continue
             active.remove(item)
             if proc.returncode != 0:
-                for _, other, *_ in active:
-                    other.terminate()
                 tail = log_file.read_text(errors="replace").strip().splitlines()[-1:] or ["(empty log)"]
                 raise SystemExit(f"{run.key}: worker failed ({tail[0]}); full log: {log_file}")
             result = json.loads(plan.with_suffix(".result.json").read_text())
@@ -713,6 +719,17 @@ def reading(table: dict) -> list[str]:
             )
         lines.append("Privacy-utility (measured ε, seed 0): " + "; ".join(points) + ".")
         ref = next((r for r in privacy if r["target_epsilon"] is None), None)
+        if ref is not None and fedavg is not None:
+            text, beyond = against(ref, fedavg, "FedAvg")
+            lines.append(
+                f"The ε=∞ point (PrivFedTalk's pipeline with clipping at C={table.get('clip_norm')} and "
+                f"secure aggregation, no noise) {text}"
+                + (
+                    ": what DP costs here is already lost to clipping, before any noise."
+                    if beyond
+                    else ": clipping and secure aggregation cost nothing measurable."
+                )
+            )
         if ref is not None:
             worst = [r for r in privacy if r is not ref and against(r, ref, "ε=∞")[1] > 0]
             lines.append(
@@ -842,7 +859,9 @@ def plot_convergence(path: Path, rows: list[Row]) -> None:
     plt.close(fig)
 
 
-def plot_privacy(path: Path, summaries: list[dict]) -> None:
+def plot_privacy(path: Path, summaries: list[dict], references: list[dict] = ()) -> None:
+    """Quality against measured ε; `references` (e.g. FedAvg, local-only) are drawn as dashed levels,
+    so the axis shows differences at the scale that separates methods, not at the noise's scale."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -863,7 +882,14 @@ def plot_privacy(path: Path, summaries: list[dict]) -> None:
             for p in points
             if p[index] is not None
         )
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o")
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label="privfedtalk")
+        key = "psnr" if index == 1 else "sync_corr"
+        for ref, style in zip(references, ("--", ":", "-."), strict=False):
+            if ref["mean"].get(key) is not None:
+                label = f"{ref['label']} ({ref['n_seeds']} seeds)"
+                ax.axhline(ref["mean"][key], linestyle=style, color="gray", label=label)
+        if references:
+            ax.legend(fontsize=6)
         for x, y, label in pts:
             ax.annotate(label, (x, y), fontsize=6, textcoords="offset points", xytext=(3, 3))
         ax.set_xscale("log")
@@ -1213,6 +1239,9 @@ def main(argv=None) -> dict:
     for name in TABLES:
         table[name] = [summarize(r) for r in selected if r.table == name]
     table["comparison"] = compare(table)
+    privacy_rows = [r for r in selected if r.table == "privacy"]
+    if privacy_rows:
+        table["clip_norm"] = float(privacy_rows[0].runs[0].cfg.privacy.clip_norm)
     table["reading"] = reading(table)
     families = {run.eval.get("metric_family") for run in chosen_runs}
     table["metric_family"] = "; ".join(sorted(f for f in families if f))
@@ -1244,7 +1273,8 @@ def main(argv=None) -> dict:
     plot_convergence(out_dir / "convergence.png", plot_rows)
     privacy = table["privacy"] or [s for s in table["main"] if s["row"] == "privfedtalk"]
     if privacy:
-        plot_privacy(out_dir / "privacy_utility.png", privacy)
+        levels = [s for s in table["main"] if s["row"] in ("fedavg", "local-only")]
+        plot_privacy(out_dir / "privacy_utility.png", privacy, levels)
     plot_qualitative(out_dir / "qualitative.png", plot_rows, cache, int(preset["qualitative_frames"]))
     table["samples"] = write_samples(out_dir / "samples", plot_rows, cache)
     times["outputs_s"] = time.perf_counter() - t0

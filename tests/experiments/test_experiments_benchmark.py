@@ -142,6 +142,7 @@ def test_reading_names_what_moved_beyond_the_spread_and_what_did_not():
             _summary("eps-inf", {"psnr": 26.0}, table="privacy", seeds=1, target=None),
             _summary("eps-2", {"psnr": 20.0, "epsilon": 1.9}, table="privacy", seeds=1, target=2.0),
         ],
+        "clip_norm": 0.05,
     }
     table["comparison"] = module.compare(table)
     verdicts = {(c["baseline"], c["metric"]): c["verdict"] for c in table["comparison"]}
@@ -154,3 +155,5 @@ def test_reading_names_what_moved_beyond_the_spread_and_what_did_not():
     assert "PSNR (dB) +1.00 (beyond spread: better)" in text  # centralized: +1 dB > 2 x 0.01
     assert "Ablation +tdc vs adapters-only: PSNR (dB) +0.01" in text and "within the spread" in text
     assert "key metrics move beyond the spread at target ε 2.0" in text
+    # The ε=∞ point's sync (0.5) is far below FedAvg's (0.96): the loss is the clipping's, not the noise's.
+    assert "clipping at C=0.05" in text and "already lost to clipping, before any noise" in text
