@@ -49,3 +49,25 @@ def tiny_federated_config(tiny_corpus, tiny_checkpoint, tmp_path):
         )
 
     return make
+
+
+class InceptionStandIn(torch.nn.Module):
+    """Same interface as the TF-FID TorchScript export: [0, 255] NCHW in, pool features on request."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 5, stride=4)
+        self.head = torch.nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        pooled = torch.relu(self.conv(x / 255.0)).mean(dim=(2, 3))
+        return pooled if return_features else self.head(pooled)
+
+
+@pytest.fixture
+def inception_file(tmp_path):
+    """A small TorchScript network saved like a local Inception file (8 pool features, 3 logits)."""
+    torch.manual_seed(0)
+    path = tmp_path / "inception.pt"
+    torch.jit.script(InceptionStandIn()).save(str(path))
+    return path

@@ -65,12 +65,16 @@ def test_tiny_benchmark_writes_every_output_with_finite_numbers(bench):
             if key == "epsilon" and row["row"] == "fedavg":
                 assert value is None  # no DP: ε = ∞
                 continue
+            if key == "fid":
+                assert value is None  # no --inception file: no true FID
+                continue
             assert isinstance(value, float) and math.isfinite(value), (row["row"], key, value)
     rows = {row["row"]: row for row in table["main"]}
     # Secure aggregation uploads 64-bit fixed-point words, FedAvg float32: twice the bytes.
     assert rows["privfedtalk"]["mean"]["upload_kb"] == pytest.approx(2 * rows["fedavg"]["mean"]["upload_kb"])
     assert 0 < rows["privfedtalk"]["mean"]["epsilon"] <= 8.0 + 1e-6
-    assert "FD (identity-encoder features; not FID)" in (folder / "table.md").read_text()
+    markdown = (folder / "table.md").read_text()
+    assert "FD (identity-encoder features; not FID)" in markdown and "| n/a |" in markdown
     assert "beyond seed spread" in (folder / "README.md").read_text()
     for run in ("fedavg/seed0", "privfedtalk/seed0"):
         assert (folder / "runs" / run / "eval.json").is_file()
@@ -116,7 +120,7 @@ def test_parallel_jobs_reproduce_the_serial_numbers(bench):
 
 def _summary(row, mean, std=None, table="main", seeds=3, target=None):
     keys = ("psnr", "ssim", "mouth_psnr", "sync_corr", "id_sim", "jitter", "fd_identity_features")
-    full = {k: mean.get(k, 0.5) for k in keys} | {"epsilon": mean.get("epsilon")}
+    full = {k: mean.get(k, 0.5) for k in keys} | {"epsilon": mean.get("epsilon"), "fid": None}
     spread = {k: (std or {}).get(k, 0.01) if seeds > 1 else None for k in full}
     out = {"row": row, "label": row, "table": table, "n_seeds": seeds, "mean": full, "std": spread}
     if table == "privacy":
@@ -157,3 +161,14 @@ def test_reading_names_what_moved_beyond_the_spread_and_what_did_not():
     assert "key metrics move beyond the spread at target ε 2.0" in text
     # The ε=∞ point's sync (0.5) is far below FedAvg's (0.96): the loss is the clipping's, not the noise's.
     assert "clipping at C=0.05" in text and "already lost to clipping, before any noise" in text
+
+
+def test_inception_file_adds_true_fid_and_re_evaluates(bench, inception_file):
+    """--inception FILE: the finished runs are re-evaluated (not retrained) and get a finite FID."""
+    module, out, _ = bench
+    table = module.main(ARGS + ["--out", str(out), "--inception", str(inception_file)])
+    assert {v["status"] for v in table["runs"].values()} == {"re-evaluated"}
+    for row in table["main"]:
+        value = row["mean"]["fid"]
+        assert isinstance(value, float) and math.isfinite(value) and value >= 0
+    assert "| n/a |" not in (out / "tiny" / "table.md").read_text().split("## Main table")[1]
