@@ -446,11 +446,15 @@ def ensure_trained(run: Run, fresh: bool) -> None:
     run.train_s = time.perf_counter() - t0
 
 
-def read_records(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
+def read_jsonl(path: Path) -> list[dict]:
+    """One JSON object per line (metrics.jsonl, invocations.jsonl); [] if the file is absent."""
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_records(run_dir: Path) -> list[dict]:
+    return read_jsonl(run_dir / "metrics.jsonl")
 
 
 # ------------------------------------------------------------------------------------ evaluation
@@ -1028,6 +1032,34 @@ def machine() -> dict:
     return info
 
 
+def record_invocation(path: Path, table: dict, args, runs) -> list[dict]:
+    """Append this invocation to OUT/PRESET/invocations.jsonl; return them all, oldest first.
+
+    A re-run that reuses finished runs takes seconds; the history keeps the wall time of the
+    invocation that trained them, which is what a preset's time budget is about.
+    """
+    from privfedtalk.federated.store import atomic_write_text
+
+    history = read_jsonl(path)
+    statuses = [run.status for run in runs]
+    times = table["timings"]
+    history.append(
+        {
+            "finished": table["finished"],
+            "command": " ".join(args.argv),
+            "total_s": round(times["total_s"], 1),
+            "synth_s": round(times["synth_s"], 1),
+            "pretrain_s": round(times["pretrain_s"], 1),
+            "runs_wall_s": round(times["runs_wall_s"], 1),
+            "jobs": times["jobs"],
+            "runs_trained": sum(s in ("trained", "resumed") for s in statuses),
+            "runs_reused": sum(s in ("reused", "re-evaluated") for s in statuses),
+        }
+    )
+    atomic_write_text("".join(json.dumps(h) + "\n" for h in history), path)
+    return history
+
+
 def readme(table: dict, args, rows: list[Row]) -> str:
     preset, times, m = table["preset"], table["timings"], table["machine"]
     built = times.get("cached_build_s") or {}
@@ -1073,6 +1105,18 @@ def readme(table: dict, args, rows: list[Row]) -> str:
         + cached
         + f", federated runs: {times['train_s']:.1f} s, evaluation: {times['eval_s']:.1f} s, "
         f"tables/figures/samples: {times['outputs_s']:.1f} s; whole invocation: {times['total_s']:.1f} s.",
+        "",
+        "Invocations that built these results (oldest first; `invocations.jsonl`):",
+        "",
+        "| finished | total s | corpus s | pretraining s | runs wall s | jobs | trained | reused |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for h in table.get("invocations", []):
+        lines.append(
+            f"| {h['finished']} | {h['total_s']:.1f} | {h['synth_s']:.1f} | {h['pretrain_s']:.1f} "
+            f"| {h['runs_wall_s']:.1f} | {h['jobs']} | {h['runs_trained']} | {h['runs_reused']} |"
+        )
+    lines += [
         "",
         "| run | status | train s (this invocation) | eval s (this invocation) | sum of round s | eval s |",
         "|---|---|---|---|---|---|",
@@ -1325,6 +1369,7 @@ def main(argv=None) -> dict:
     times["total_s"] = time.perf_counter() - started
     table["timings"] = times
     table["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    table["invocations"] = record_invocation(out_dir / "invocations.jsonl", table, args, chosen_runs)
     (out_dir / "README.md").write_text(readme(table, args, selected))
     (out_dir / "table.json").write_text(json.dumps(table, indent=1, default=float))
     log.info("benchmark %s done in %.0f s -> %s", args.preset, times["total_s"], out_dir)

@@ -94,6 +94,13 @@ def test_second_invocation_reuses_finished_rows(bench, caplog):
     assert before == after and len(before) == 4
     assert sorted(p.name for p in runs.iterdir()) == ["fedavg", "privfedtalk"]
     assert "reused" in caplog.text and "backbone: reused" in caplog.text
+    # The history keeps the invocation that trained the runs next to the one that only reused them.
+    first, second = table["invocations"]
+    assert (first["runs_trained"], first["runs_reused"]) == (2, 0)
+    assert (second["runs_trained"], second["runs_reused"]) == (0, 2)
+    assert first["pretrain_s"] > 0 and second["pretrain_s"] == 0
+    assert first["total_s"] > second["total_s"]
+    assert "Invocations that built these results" in (out / "tiny" / "README.md").read_text()
 
 
 def test_parallel_jobs_reproduce_the_serial_numbers(bench):
