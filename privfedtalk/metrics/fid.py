@@ -1,13 +1,13 @@
 """True FID: Fréchet distance on Inception-v3 pool features, only from a local weights file.
 
-Nothing is downloaded. The user points at a TorchScript Inception feature extractor on disk, for
-example the widely used `inception-2015-12-05.pt` (the TensorFlow FID network exported to
-TorchScript). Contract: `forward(images)` takes float NCHW RGB in [0, 255] and returns (N, D)
-features, or (as that file does) accepts `return_features=True` to return pool3 features instead of
-logits. Without such a file, tables say "n/a".
+Nothing is downloaded. The user points at a TorchScript Inception feature extractor on disk (e.g. a
+TorchScript export of the TensorFlow FID network). Contract: `forward(images)` takes float NCHW RGB in
+[0, 255]; if it accepts `return_features=True` it is called that way (pool features rather than
+logits), otherwise its output is taken as the features. Without such a file, tables say "n/a". No
+real Inception file was available where this was written: the contract is tested with a stand-in.
 
-TorchScript archives hold tensors and TorchScript code, not pickled Python objects, so loading one
-does not unpickle arbitrary classes. Load only files you trust all the same.
+torch.jit.load reads the archive with torch's own C++ loader, which rebuilds TorchScript modules and
+tensors only, not arbitrary Python classes. Load only files you trust all the same.
 """
 
 from __future__ import annotations
