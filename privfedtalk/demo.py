@@ -181,9 +181,11 @@ def run_demo(out: Path, quick: bool = False) -> dict:
         },
         "privfedtalk_run": {
             "rounds": len(records),
+            "rounds_skipped": sum("skipped" in r for r in records),
             "epsilon": epsilon,
             "delta": fed_cfg.privacy.delta,
-            "final_loss": records[-1].get("loss"),
+            # The last round that aggregated (a skipped round has no loss).
+            "final_loss": next((r["loss"] for r in reversed(records) if "loss" in r), None),
         },
         "sample_video": str(sample),
         "seconds": {k: round(v, 1) for k, v in times.items()},
