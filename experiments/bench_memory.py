@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_parallel import checkpoint_size, machine, read_records, steady_median, tiny_fixture, write_config
+from bench_parallel import backbone, checkpoint_size, machine, read_records, steady_median, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,14 +100,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from privfedtalk.data.corpus import read_split
 
-    work = Path(args.work).resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    if args.checkpoint:
-        if not args.data:
-            parser.error("--checkpoint needs --data (the corpus whose identities are reused)")
-        pool_root, checkpoint = Path(args.data).resolve(), Path(args.checkpoint).resolve()
-    else:
-        pool_root, checkpoint = tiny_fixture(work, args.pool, args.threads)
+    work, pool_root, checkpoint = backbone(parser, args, args.pool)
     pool = read_split(pool_root)["private"]
     common = [
         f"data.size={checkpoint_size(checkpoint)}",

@@ -40,6 +40,17 @@ def tiny_fixture(work: Path, private: int, threads: int) -> tuple[Path, Path]:
     return data, checkpoint
 
 
+def backbone(parser: argparse.ArgumentParser, args, private: int) -> tuple[Path, Path, Path]:
+    """(work, data, checkpoint): --checkpoint with its --data, else the tiny fixture built in --work."""
+    work = Path(args.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    if not args.checkpoint:
+        return (work, *tiny_fixture(work, private, args.threads))
+    if not args.data:
+        parser.error("--checkpoint needs --data (the corpus whose private identities are the clients)")
+    return work, Path(args.data).resolve(), Path(args.checkpoint).resolve()
+
+
 def checkpoint_size(checkpoint: Path) -> int:
     return int(json.loads((checkpoint / "generator.json").read_text())["size"])
 
@@ -124,14 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*", help="extra key=value config overrides")
     args = parser.parse_args(argv)
 
-    work = Path(args.work).resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    if args.checkpoint:
-        if not args.data:
-            parser.error("--checkpoint needs --data (the corpus the clients come from)")
-        data, checkpoint = Path(args.data).resolve(), Path(args.checkpoint).resolve()
-    else:
-        data, checkpoint = tiny_fixture(work, args.clients_per_round, args.threads)
+    work, data, checkpoint = backbone(parser, args, args.clients_per_round)
     common = [
         f"data.root={data}",
         f"data.size={checkpoint_size(checkpoint)}",

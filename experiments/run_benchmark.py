@@ -341,7 +341,13 @@ def run_in_parallel(runs: list[Run], jobs: int, fresh: bool, spec: EvalSpec, run
     """
     plans = runs_dir / ".jobs"
     plans.mkdir(parents=True, exist_ok=True)
-    pending, active = list(runs), []
+    pending, active = [], []
+    for run in runs:  # a finished, evaluated run needs no worker process
+        done = trained_rounds(run) or 0
+        if not fresh and done >= run.cfg.federated.rounds and saved_eval(run, spec) is not None:
+            run.status = "reused"
+        else:
+            pending.append(run)
     try:
         _drive_workers(pending, active, jobs, fresh, spec, plans)
     except BaseException:  # Ctrl-C or a failed worker: stop the others; finished rounds stay resumable
@@ -408,10 +414,21 @@ def reset_peak_memory() -> None:
         pass
 
 
+def trained_rounds(run: Run) -> int | None:
+    """Rounds the run's folder has completed for this very config; None if it holds another config."""
+    from privfedtalk.config import Config, load_config
+
+    run_dir = Path(run.cfg.out_dir)
+    if (run_dir / "config.yaml").is_file():
+        if signature(load_config(run_dir / "config.yaml", schema=Config)) != signature(run.cfg):
+            return None
+    state_file = run_dir / "state.json"
+    return json.loads(state_file.read_text())["completed_rounds"] if state_file.is_file() else 0
+
+
 def ensure_trained(run: Run, fresh: bool) -> None:
     from omegaconf import OmegaConf
 
-    from privfedtalk.config import Config, load_config
     from privfedtalk.federated.simulation import train
     from privfedtalk.federated.store import atomic_write_text
 
@@ -419,13 +436,11 @@ def ensure_trained(run: Run, fresh: bool) -> None:
     rounds = run.cfg.federated.rounds
     if fresh and run_dir.exists():
         shutil.rmtree(run_dir)
-    if (run_dir / "config.yaml").is_file():
-        saved = load_config(run_dir / "config.yaml", schema=Config)
-        if signature(saved) != signature(run.cfg):
-            log.warning("%s: its config changed since it ran; training it again from scratch", run.key)
-            shutil.rmtree(run_dir)
-    state_file = run_dir / "state.json"
-    completed = json.loads(state_file.read_text())["completed_rounds"] if state_file.is_file() else 0
+    completed = trained_rounds(run)
+    if completed is None:
+        log.warning("%s: its config changed since it ran; training it again from scratch", run.key)
+        shutil.rmtree(run_dir)
+        completed = 0
     if completed >= rounds:
         run.status = "reused"
         return
@@ -546,18 +561,27 @@ def evaluate_run(cfg, run_dir: Path, spec: EvalSpec, cache: ClipCache) -> dict:
     }
 
 
+def saved_eval(run: Run, spec: EvalSpec) -> dict | None:
+    """The run's eval.json if it was made with these evaluation settings (and its sample exists)."""
+    run_dir = Path(run.cfg.out_dir)
+    eval_file = run_dir / "eval.json"
+    if not (eval_file.is_file() and (run_dir / "eval_sample.npz").is_file()):
+        return None
+    saved = json.loads(eval_file.read_text())
+    return saved if saved.get("settings") == spec.settings(run.cfg.seed) else None
+
+
 def ensure_evaluated(run: Run, spec: EvalSpec, cache: ClipCache) -> None:
     from privfedtalk.federated.store import atomic_write_text
 
     run_dir = Path(run.cfg.out_dir)
     settings = spec.settings(run.cfg.seed)
     eval_file = run_dir / "eval.json"
-    if eval_file.is_file() and (run_dir / "eval_sample.npz").is_file():
-        saved = json.loads(eval_file.read_text())
-        if saved.get("settings") == settings:
-            run.eval = saved
-            log.info("%s: reused (%d rounds complete, eval.json present)", run.key, run.cfg.federated.rounds)
-            return
+    saved = saved_eval(run, spec)
+    if saved is not None:
+        run.eval = saved
+        log.info("%s: reused (%d rounds complete, eval.json present)", run.key, run.cfg.federated.rounds)
+        return
     t0 = time.perf_counter()
     log.info("%s: evaluating %d identities' held-out clips", run.key, len(spec.identities))
     result = evaluate_run(run.cfg, run_dir, spec, cache)

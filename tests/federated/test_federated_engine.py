@@ -137,15 +137,18 @@ def test_reported_epsilon_meets_target(tiny_federated_config, tmp_path):
     assert last["epsilon"] == pytest.approx(8.0, rel=0.01)
 
 
-def test_too_many_dropouts_skip_the_round_without_touching_state(tiny_federated_config, tmp_path):
+def first_secagg_round(tiny_federated_config, out_dir, *overrides):
+    """Train one secure-aggregation round; return (config, run folder, its metrics record)."""
     cfg = tiny_federated_config(
-        "privacy.secure_aggregation=true",
-        "privacy.dropout_rate=0.99",
-        "federated.rounds=1",
-        f"out_dir={tmp_path / 'drop'}",
+        "privacy.secure_aggregation=true", *overrides, "federated.rounds=1", f"out_dir={out_dir}"
     )
     run = simulation.train(cfg)
-    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    return cfg, run, json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+
+
+def test_too_many_dropouts_skip_the_round_without_touching_state(tiny_federated_config, tmp_path):
+    drop = "privacy.dropout_rate=0.99"
+    cfg, run, record = first_secagg_round(tiny_federated_config, tmp_path / "drop", drop)
     assert "only" in record["skipped"] and "threshold" in record["skipped"]
     torch.manual_seed(cfg.seed)  # as train() does before attaching the adapters
     model, _ = simulation.build_federated_model(cfg, torch.device("cpu"))
@@ -177,12 +180,6 @@ def test_dropouts_lower_the_accounted_noise():
 
 
 def test_single_client_round_is_never_summed_in_the_clear(tiny_federated_config, tmp_path):
-    cfg = tiny_federated_config(
-        "privacy.secure_aggregation=true",
-        "federated.clients_per_round=1",
-        "federated.rounds=1",
-        f"out_dir={tmp_path / 'one'}",
-    )
-    run = simulation.train(cfg)
-    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    one_client = "federated.clients_per_round=1"
+    _, _, record = first_secagg_round(tiny_federated_config, tmp_path / "one", one_client)
     assert "at least 2 clients" in record["skipped"]
