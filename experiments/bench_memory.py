@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_parallel import backbone, checkpoint_size, machine, read_records, steady_median, write_config
+from bench_parallel import backbone, machine, read_records, run_overrides, steady_median, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -102,15 +102,7 @@ def main(argv: list[str] | None = None) -> None:
 
     work, pool_root, checkpoint = backbone(parser, args, args.pool)
     pool = read_split(pool_root)["private"]
-    common = [
-        f"data.size={checkpoint_size(checkpoint)}",
-        f"federated.checkpoint={checkpoint}",
-        f"federated.rounds={args.rounds}",
-        f"federated.clients_per_round={args.clients_per_round}",
-        f"federated.local_steps={args.local_steps}",
-        "federated.eval_every=0",
-        f"threads={args.threads}",
-    ] + args.overrides
+    common = run_overrides(args, checkpoint) + [f"threads={args.threads}"] + args.overrides
 
     groups = []
     for group in args.sizes:

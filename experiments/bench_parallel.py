@@ -55,6 +55,18 @@ def checkpoint_size(checkpoint: Path) -> int:
     return int(json.loads((checkpoint / "generator.json").read_text())["size"])
 
 
+def run_overrides(args, checkpoint: Path) -> list[str]:
+    """The backbone and federation budget shared by every run of a benchmark (no evaluation)."""
+    return [
+        f"data.size={checkpoint_size(checkpoint)}",
+        f"federated.checkpoint={checkpoint}",
+        f"federated.rounds={args.rounds}",
+        f"federated.clients_per_round={args.clients_per_round}",
+        f"federated.local_steps={args.local_steps}",
+        "federated.eval_every=0",
+    ]
+
+
 def write_config(path: Path, base: str | None, overrides: list[str]) -> Path:
     """Resolve base YAML + overrides here, so every process of a run reads the same file."""
     from privfedtalk.config import load_config
@@ -136,16 +148,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     work, data, checkpoint = backbone(parser, args, args.clients_per_round)
-    common = [
-        f"data.root={data}",
-        f"data.size={checkpoint_size(checkpoint)}",
-        f"federated.checkpoint={checkpoint}",
-        f"federated.rounds={args.rounds}",
-        f"federated.clients_per_round={args.clients_per_round}",
-        f"federated.local_steps={args.local_steps}",
-        "federated.eval_every=0",
-        f"privacy.secure_aggregation={str(args.secure_aggregation).lower()}",
-    ] + args.overrides
+    common = (
+        [f"data.root={data}"]
+        + run_overrides(args, checkpoint)
+        + [f"privacy.secure_aggregation={str(args.secure_aggregation).lower()}"]
+        + args.overrides
+    )
     sequential_threads = args.sequential_threads or args.threads
 
     results = {}
