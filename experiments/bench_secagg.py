@@ -14,7 +14,7 @@ import statistics
 import numpy as np
 
 from privfedtalk.privacy.fixed_point import plan_fixed_point
-from privfedtalk.privacy.secagg import default_threshold, secure_weighted_sum
+from privfedtalk.privacy.secagg import secure_weighted_sum, shamir_threshold
 
 PHASES = ("advertise_keys", "share_keys", "masked_input", "unmasking")
 
@@ -26,7 +26,7 @@ def bench_one(num_clients: int, dim: int, num_dropped: int, repeats: int, seed: 
     # Drop every k-th client so both mask signs of the dropped pairs are exercised.
     dropped = list(range(0, num_clients, max(1, num_clients // max(1, num_dropped))))[:num_dropped]
     fixed_point = plan_fixed_point(1.0, num_clients)
-    threshold = default_threshold(num_clients)
+    threshold = shamir_threshold(0.67, num_clients)
     expected = np.zeros(dim)
     for client_id, vector in vectors.items():
         if client_id not in dropped:

@@ -1,6 +1,6 @@
 """One training step's time and peak memory for a config (e.g. low_vram.yaml at 128x128).
 
-    .venv/bin/python experiments/bench_step_memory.py experiments/configs/low_vram.yaml [key=value ...]
+    .venv/bin/python experiments/bench_step_memory.py low_vram [key=value ...]
 
 Peak GPU memory on CUDA, peak RSS on CPU (see privfedtalk.runtime.peak_memory_mb); median of steps 2..N.
 """
@@ -39,7 +39,7 @@ def main() -> None:
     precision = Precision(device, cfg.mixed_precision)
     enable_gradient_checkpointing(model.unet, cfg.gradient_checkpointing, device)
     params = list(model.unet.parameters()) + list(model.audio_encoder.parameters())
-    optimizer = precision.prepare(torch.optim.AdamW(params, lr=1e-4))
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
     factor = 2 ** (len(cfg.model.vae.block_out_channels) - 1)
     side, channels = cfg.data.size // factor, cfg.model.vae.latent_channels
     batch, window = cfg.model.unet.batch_windows, cfg.data.window
@@ -62,7 +62,7 @@ def main() -> None:
         "device": str(device),
         "size": cfg.data.size,
         "latent": side,
-        "mixed_precision": precision.accelerator.mixed_precision,
+        "mixed_precision": precision.label,
         "gradient_checkpointing": cfg.gradient_checkpointing,
         "frames_per_step": batch * window,
         "step_seconds_median": statistics.median(times[1:]),

@@ -35,7 +35,7 @@ stage synth 300 "$PY" -m privfedtalk.cli synth --out "$WORK/data" --identities 2
     --seconds 3 --size 128 --public-fraction 0.8333 --private-clips 6
 
 # The laptop-gpu preset's pretraining keys, with fewer steps.
-stage pretrain 300 "$PY" -m privfedtalk.cli pretrain experiments/configs/pretrain.yaml \
+stage pretrain 300 "$PY" -m privfedtalk.cli pretrain pretrain \
     "data.root=$WORK/data" data.size=128 "out_dir=$WORK/pretrain" device=cuda mixed_precision=fp16 \
     "model.vae.block_out_channels=[32,64,128,128]" model.vae.steps=400 model.vae.batch_size=16 \
     "model.unet.block_out_channels=[128,256]" model.unet.steps=1000 model.unet.batch_windows=8 \

@@ -67,7 +67,7 @@ def load_model(args):
     from privfedtalk.model.identity import IdentityEncoder
 
     if getattr(args, "run", None):
-        from privfedtalk.federated.simulation import load_personalized_model
+        from privfedtalk.federated.models import load_personalized_model
 
         return load_personalized_model(args.run, args.client)
     if not args.checkpoint:
@@ -125,40 +125,12 @@ def cmd_generate(args) -> None:
     log.info("wrote %s (%d frames, %.2f s of audio)", args.out, len(video), len(audio) / spec.sample_rate)
 
 
-def eval_clips(data: str, identities, spec, max_clips: int | None):
-    from privfedtalk.data.corpus import LoadReport, load_identity, read_split
-    from privfedtalk.errors import MediaError
-
-    if identities:
-        names = identities
-    else:
-        split = read_split(data)
-        names = split["private"] if split else None
-        if names is None:
-            from privfedtalk.data.corpus import list_identities
-
-            names = list_identities(data)
-    report = LoadReport()
-    clips = []
-    for name in names:
-        try:
-            clips.extend(load_identity(data, name, spec, size=spec.size, report=report))
-        except MediaError as err:
-            log.warning("%s", err)
-            report.add_skip(err.path, err.reason)
-    log.info("evaluation data: %s", report.summary())
-    if not clips:
-        raise PrivFedTalkError(f"{data}: no usable clips to evaluate ({report.summary()})")
-    return clips[:max_clips] if max_clips else clips
-
-
 def client_heldout_clips(run: str, client: str, spec):
     """The clips a client kept out of its local training (recorded in its slot)."""
-    from privfedtalk.config import Config, load_config
     from privfedtalk.data.corpus import load_named_clips
-    from privfedtalk.federated.store import ClientStore
+    from privfedtalk.federated.store import ClientStore, RunFolder
 
-    cfg = load_config(Path(run) / "config.yaml", schema=Config)
+    cfg = RunFolder(run).load_config()
     cached = ClientStore(run).load_latents(client)
     if cached is None or not cached[1]["heldout"]:
         raise PrivFedTalkError(f"{run}: client {client!r} has no held-out clips recorded; pass --data DIR")
@@ -168,13 +140,13 @@ def client_heldout_clips(run: str, client: str, spec):
 def cmd_evaluate(args) -> None:
     from tqdm import tqdm
 
-    from privfedtalk.evaluate import evaluate_clips
+    from privfedtalk.evaluate import evaluate_clips, load_eval_clips
     from privfedtalk.runtime import setup_torch
 
     setup_torch(args.threads)
     model, encoder = load_model(args)
     if args.data:
-        clips = eval_clips(args.data, args.identities, model.spec, args.max_clips)
+        clips = load_eval_clips(args.data, args.identities, model.spec, args.max_clips)
     elif args.run and args.client:
         clips = client_heldout_clips(args.run, args.client, model.spec)
     else:
@@ -235,12 +207,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("pretrain", help="train VAE + U-Net on the public identities")
-    p.add_argument("config", nargs="?", help="YAML config (experiments/configs/...)")
+    p.add_argument("config", nargs="?", help="YAML config, or a shipped one: pretrain")
     p.add_argument("overrides", nargs="*", help="key=value overrides")
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("train", help="federated training of the adapters on the private identities")
-    p.add_argument("config", nargs="?", help="YAML config (experiments/configs/fedavg.yaml, ...)")
+    p.add_argument(
+        "config", nargs="?", help="YAML config, or a shipped one: fedavg, fedprox, privfedtalk, low_vram"
+    )
     p.add_argument("overrides", nargs="*", help="key=value overrides")
     p.add_argument("--resume", help="continue RUN_DIR from its last completed round")
     p.set_defaults(func=cmd_train)

@@ -1,14 +1,96 @@
-"""Structured configuration: dataclass defaults, YAML files and `key=value` overrides (omegaconf)."""
+"""Structured configuration: typed dataclass defaults, YAML files and `key=value` overrides (omegaconf).
+
+A choice among fixed options is an `Enum` (omegaconf refuses any other value), and `validate` checks the
+invariants between keys when a config loads, so a setting that would silently weaken privacy or change
+the method never reaches training.
+"""
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from privfedtalk.errors import ConfigError
+
+PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+class Choice(str, Enum):
+    """A config option: compares equal to its value and prints as it (`method=isfa`)."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class MixedPrecision(Choice):
+    # "fp32", not "no": YAML reads a bare `no` as the boolean false.
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
+class PredictionType(Choice):
+    v_prediction = "v_prediction"
+    epsilon = "epsilon"
+
+
+class BetaSchedule(Choice):
+    linear = "linear"
+    scaled_linear = "scaled_linear"
+    squaredcos_cap_v2 = "squaredcos_cap_v2"
+
+
+class Method(Choice):
+    """The aggregation strategy (privfedtalk/federated/strategy.py)."""
+
+    fedavg = "fedavg"  # weights ∝ sample count
+    fedprox = "fedprox"  # FedAvg's weights; clients add (mu/2)·‖w − w_global‖² (mu > 0)
+    isfa = "isfa"  # weights ∝ n·exp(γ·s), s from on-device reliability signals
+
+
+class Federate(Choice):
+    shared_adapter = "shared_adapter"
+    unet = "unet"  # the whole U-Net backbone (for users with compute)
+
+
+class Sampling(Choice):
+    fixed_size = "fixed_size"  # exactly m of N clients per round (replace-one accounting)
+    poisson = "poisson"  # each client independently with rate m/N (add/remove accounting)
+
+
+class TdcSpace(Choice):
+    noise = "noise"
+    x0 = "x0"
+
+
+class ServerOptimizer(Choice):
+    sgd = "sgd"  # FedAvg's server step: global += server_lr · released update
+    momentum = "momentum"  # FedAvgM / DP-FedAvgM
+    adam = "adam"  # FedAdam (Reddi et al. 2021)
+    yogi = "yogi"  # FedYogi (Reddi et al. 2021)
+
+
+class NoisePlacement(Choice):
+    distributed = "distributed"  # each client adds a share before masking; needs secure aggregation
+    trusted = "trusted"  # the aggregator adds all the noise to the decoded sum (trusts the aggregator)
+
+
+class Accountant(Choice):
+    rdp = "rdp"
+    pld = "pld"
+
+
+class NoiseSource(Choice):
+    """Where privacy randomness comes from (DP noise and, in DP runs, client sampling)."""
+
+    os_entropy = "os_entropy"  # AES-CTR keyed from os.urandom: nobody can reproduce it
+    insecure_seeded = "insecure_seeded"  # TESTS ONLY: derived from the config seed; NO privacy
 
 
 @dataclass
@@ -56,8 +138,8 @@ class UNetConfig:
 @dataclass
 class DiffusionConfig:
     num_train_timesteps: int = 1000
-    prediction_type: str = "v_prediction"  # or "epsilon"
-    beta_schedule: str = "scaled_linear"
+    prediction_type: PredictionType = PredictionType.v_prediction
+    beta_schedule: BetaSchedule = BetaSchedule.scaled_linear
     sample_steps: int = 20
     condition_dropout: float = 0.1  # for classifier-free guidance
     guidance_scale: float = 1.0
@@ -93,21 +175,25 @@ class PartitionConfig:
 @dataclass
 class FederatedConfig:
     checkpoint: str = "runs/pretrain/checkpoint"  # pretrained backbone (public identities only)
-    method: str = "fedavg"  # fedavg | fedprox | isfa (server weighting; fedprox adds mu's term)
-    federate: str = "shared_adapter"  # shared_adapter | unet (the whole U-Net, for users with compute)
+    method: Method = Method.fedavg
+    federate: Federate = Federate.shared_adapter
     rounds: int = 10
     clients_per_round: int = 4
-    sampling: str = "fixed_size"  # fixed_size (exactly m of N) | poisson (rate m/N)
+    sampling: Sampling = Sampling.fixed_size
     local_steps: int = 10
     batch_windows: int = 4
     lr: float = 1e-3
-    server_lr: float = 1.0
-    mu: float = 0.0  # FedProx proximal weight (used when > 0)
+    server_optimizer: ServerOptimizer = ServerOptimizer.sgd
+    server_lr: float = 1.0  # 0: the global state never moves (the local-only baseline)
+    server_momentum: float = 0.9  # momentum: β; adam/yogi: β1
+    server_beta2: float = 0.99  # adam/yogi second-moment decay
+    server_tau: float = 1e-3  # adam/yogi adaptivity (added to √v)
+    mu: float = 0.0  # FedProx proximal weight (method=fedprox needs mu > 0; isfa may use it too)
     lambda_tdc: float = 0.0
-    tdc_space: str = "noise"  # noise | x0
+    tdc_space: TdcSpace = TdcSpace.noise
     isfa_alpha: float = 0.5
     isfa_gamma: float = 4.0
-    signal_bits: int = 4  # quantization of the reliability scalars that leave a client
+    signal_bits: int = 4  # quantization of the reliability scalars (they stay on the client under DP)
     signal_windows: int = 4
     eval_every: int = 5
     eval_clips: int = 4  # held-out clips scored at each evaluation (0: none)
@@ -125,19 +211,20 @@ class PrivacyConfig:
     dp: bool = False
     clip_norm: float = 0.05  # C: L2 bound on each client's shared-adapter update (see docs/threat-model.md)
     noise_multiplier: float = 1.0  # z: noise std = z * w_max * C on the weighted sum
-    target_epsilon: float = 0.0  # > 0: calibrate z for the configured rounds instead
+    target_epsilon: float = 0.0  # > 0: calibrate z so the observer's ε after all rounds is this
     delta: float = 1e-5
     reference_samples: int = 300  # n at which a client's DP weight reaches the cap w_max = 1/m
-    noise: str = "distributed"  # distributed (clients add shares) | trusted (aggregator adds)
-    accountant: str = "rdp"  # rdp | pld
+    noise: NoisePlacement = NoisePlacement.distributed
+    accountant: Accountant = Accountant.rdp
+    noise_source: NoiseSource = NoiseSource.os_entropy
 
 
 @dataclass
 class Config:
     seed: int = 0
     threads: int = 2
-    device: str = "auto"  # auto | cpu | cuda
-    mixed_precision: str = "no"  # no | fp16 | bf16 (CUDA only; fp32 runs on CPU, with a warning)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    mixed_precision: MixedPrecision = MixedPrecision.fp32  # fp16/bf16 on CUDA; fp32 on CPU, with a warning
     gradient_checkpointing: bool = False  # U-Net activation checkpointing (CUDA; slower on CPU)
     out_dir: str = "runs/pretrain"
     data: DataConfig = field(default_factory=DataConfig)
@@ -146,21 +233,32 @@ class Config:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
 
+def resolve_config_path(path: str | Path) -> Path:
+    """A YAML file path, or the name of a config shipped in the package (`privfedtalk`, `fedavg.yaml`)."""
+    candidate = Path(path)
+    if candidate.is_file():
+        return candidate
+    name = candidate.name if candidate.suffix == ".yaml" else candidate.name + ".yaml"
+    packaged = PACKAGED_CONFIGS / name
+    if candidate.parent == Path(".") and packaged.is_file():
+        return packaged
+    shipped = ", ".join(sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml")))
+    raise ConfigError(f"{path}: config file not found (give a YAML file, or a shipped config: {shipped})")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, schema=Config):
     """Return a typed OmegaConf config: schema defaults, then the YAML file, then `key=value` overrides.
 
-    Unknown keys and wrongly typed values raise ConfigError naming the key and the file.
+    Unknown keys, wrongly typed values and values outside an option's choices raise ConfigError naming
+    the key and the source; for the full `Config`, `validate` then checks the cross-key invariants.
     """
     cfg = OmegaConf.structured(schema)
     source = "defaults"
     try:
         if path is not None:
-            source = str(path)
-            if not Path(path).is_file():
-                raise ConfigError(
-                    f"{path}: config file not found (pass a YAML file from experiments/configs/)"
-                )
-            cfg = OmegaConf.merge(cfg, *load_yaml_chain(Path(path)))
+            resolved = resolve_config_path(path)
+            source = str(resolved)
+            cfg = OmegaConf.merge(cfg, *load_yaml_chain(resolved))
         if overrides:
             source = "command line"
             for item in overrides:
@@ -173,6 +271,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             f"{source}: bad config key or value '{key}': {str(err).splitlines()[0]} "
             "(check the spelling against privfedtalk/config.py)"
         ) from None
+    if schema is Config:
+        validate(cfg)
     return cfg
 
 
@@ -188,5 +288,135 @@ def load_yaml_chain(path: Path, depth: int = 0) -> list:
     return chain + [node]
 
 
-def to_yaml(cfg) -> str:
-    return OmegaConf.to_yaml(cfg)
+def config_signature(cfg: Config) -> dict:
+    """The config as plain JSON-able data (options as their values), e.g. to compare two runs."""
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+
+
+# ------------------------------------------------------------------------------------------ validation
+
+
+def _require(ok: bool, key: str, value, fix: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is not allowed: {fix}")
+
+
+def _positive(value: float) -> bool:
+    return math.isfinite(value) and value > 0
+
+
+def validate(cfg: Config) -> None:
+    """Cross-key invariants; each failure is a one-line ConfigError naming the key and the fix.
+
+    The privacy rules are enforced here rather than at run time, so that a run that would report an ε
+    it does not have never starts: DP needs a positive clip norm and a positive noise multiplier (or a
+    target ε), distributed noise needs secure aggregation (otherwise the server reads each client's
+    weakly noised update), and the accountant must support the sampling scheme.
+    """
+    _require(
+        bool(re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device)),
+        "device",
+        cfg.device,
+        "use auto, cpu, cuda or cuda:N",
+    )
+    _require(cfg.threads >= 0, "threads", cfg.threads, "use >= 0 (0: torch's default)")
+    data, fed, privacy = cfg.data, cfg.federated, cfg.privacy
+    _require(data.window >= 1, "data.window", data.window, "use >= 1")
+    _require(data.heldout_clips >= 0, "data.heldout_clips", data.heldout_clips, "use >= 0")
+    _require(_positive(data.fps), "data.fps", data.fps, "use a positive frame rate")
+
+    _require(fed.rounds >= 0, "federated.rounds", fed.rounds, "use >= 0")
+    _require(fed.clients_per_round >= 1, "federated.clients_per_round", fed.clients_per_round, "use >= 1")
+    _require(fed.local_steps >= 0, "federated.local_steps", fed.local_steps, "use >= 0")
+    _require(fed.batch_windows >= 1, "federated.batch_windows", fed.batch_windows, "use >= 1")
+    _require(fed.lr >= 0, "federated.lr", fed.lr, "use >= 0")
+    _require(fed.server_lr >= 0, "federated.server_lr", fed.server_lr, "use >= 0 (0: local-only baseline)")
+    _require(0 <= fed.server_momentum < 1, "federated.server_momentum", fed.server_momentum, "use [0, 1)")
+    _require(0 <= fed.server_beta2 < 1, "federated.server_beta2", fed.server_beta2, "use [0, 1)")
+    _require(_positive(fed.server_tau), "federated.server_tau", fed.server_tau, "use a positive value")
+    _require(fed.mu >= 0, "federated.mu", fed.mu, "use >= 0")
+    if fed.method == Method.fedprox:
+        _require(fed.mu > 0, "federated.mu", fed.mu, "method=fedprox needs mu > 0 (e.g. 0.01)")
+    if fed.method == Method.fedavg:
+        _require(
+            fed.mu == 0, "federated.mu", fed.mu, "FedAvg has no proximal term: use federated.method=fedprox"
+        )
+    _require(fed.lambda_tdc >= 0, "federated.lambda_tdc", fed.lambda_tdc, "use >= 0")
+    _require(0 <= fed.isfa_alpha <= 1, "federated.isfa_alpha", fed.isfa_alpha, "use [0, 1]")
+    _require(fed.isfa_gamma >= 0, "federated.isfa_gamma", fed.isfa_gamma, "use >= 0")
+    _require(1 <= fed.signal_bits <= 16, "federated.signal_bits", fed.signal_bits, "use 1..16")
+    _require(fed.signal_windows >= 1, "federated.signal_windows", fed.signal_windows, "use >= 1")
+    _require(fed.eval_every >= 0, "federated.eval_every", fed.eval_every, "use >= 0 (0: no evaluation)")
+    part = fed.partition
+    _require(
+        part.identities_per_client >= 1,
+        "federated.partition.identities_per_client",
+        part.identities_per_client,
+        "use >= 1",
+    )
+
+    _require(
+        0 < privacy.threshold_fraction <= 1,
+        "privacy.threshold_fraction",
+        privacy.threshold_fraction,
+        "use (0, 1]",
+    )
+    _require(0 <= privacy.dropout_rate < 1, "privacy.dropout_rate", privacy.dropout_rate, "use [0, 1)")
+    _require(
+        2 <= privacy.fixed_point_bits <= 64, "privacy.fixed_point_bits", privacy.fixed_point_bits, "use 2..64"
+    )
+    _require(math.isfinite(privacy.clip_norm), "privacy.clip_norm", privacy.clip_norm, "use a finite value")
+    _require(privacy.noise_multiplier >= 0, "privacy.noise_multiplier", privacy.noise_multiplier, "use >= 0")
+    _require(
+        privacy.target_epsilon >= 0,
+        "privacy.target_epsilon",
+        privacy.target_epsilon,
+        "use > 0, or 0 to give z",
+    )
+    if privacy.secure_aggregation:
+        _require(
+            _positive(privacy.clip_norm),
+            "privacy.clip_norm",
+            privacy.clip_norm,
+            "secure aggregation encodes clipped updates in fixed point: use a positive clip norm",
+        )
+        _require(
+            fed.clients_per_round >= 2,
+            "federated.clients_per_round",
+            fed.clients_per_round,
+            "secure aggregation sums at least 2 clients: use >= 2",
+        )
+    if privacy.dp:
+        _require(
+            _positive(privacy.clip_norm),
+            "privacy.clip_norm",
+            privacy.clip_norm,
+            "DP needs a positive clip norm C (it bounds each client's influence); e.g. 0.05",
+        )
+        _require(
+            privacy.target_epsilon > 0 or _positive(privacy.noise_multiplier),
+            "privacy.noise_multiplier",
+            privacy.noise_multiplier,
+            "DP needs noise: give noise_multiplier > 0 or privacy.target_epsilon > 0",
+        )
+        _require(0 < privacy.delta < 1, "privacy.delta", privacy.delta, "use (0, 1), e.g. 1e-5")
+        _require(
+            privacy.reference_samples > 0, "privacy.reference_samples", privacy.reference_samples, "use > 0"
+        )
+        if privacy.noise == NoisePlacement.distributed:
+            _require(
+                privacy.secure_aggregation,
+                "privacy.secure_aggregation",
+                privacy.secure_aggregation,
+                "distributed noise without secure aggregation lets the server read each client's "
+                "update with only its share of the noise: set privacy.secure_aggregation=true or "
+                "privacy.noise=trusted",
+            )
+        if fed.sampling == Sampling.fixed_size:
+            _require(
+                privacy.accountant == Accountant.rdp,
+                "privacy.accountant",
+                str(privacy.accountant),
+                "fixed-size sampling is accounted with RDP only (dp_accounting has no PLD for it): "
+                "use privacy.accountant=rdp or federated.sampling=poisson",
+            )

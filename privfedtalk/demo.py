@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from privfedtalk.config import load_config
+from privfedtalk.federated.store import ClientStore, RunFolder
 
 log = logging.getLogger("privfedtalk")
 
@@ -60,7 +61,6 @@ QUICK = {
 
 def client_of_identity(run_dir: Path, identity: str) -> str | None:
     """The client whose slot holds an identity adapter trained on `identity`, if any."""
-    from privfedtalk.federated.store import ClientStore
 
     store = ClientStore(run_dir)
     for slot in sorted(store.root.glob("client*")):
@@ -75,11 +75,12 @@ def client_of_identity(run_dir: Path, identity: str) -> str | None:
 
 
 def run_demo(out: Path, quick: bool = False) -> dict:
-    from privfedtalk.cli import eval_clips
+    from privfedtalk.data.corpus import split_heldout
     from privfedtalk.data.media import write_video
     from privfedtalk.data.synthetic import synthesize_corpus
-    from privfedtalk.evaluate import evaluate_clips
-    from privfedtalk.federated.simulation import load_personalized_model, train
+    from privfedtalk.evaluate import evaluate_clips, load_eval_clips
+    from privfedtalk.federated.models import load_personalized_model
+    from privfedtalk.federated.simulation import train
     from privfedtalk.model.generator import TalkingHeadGenerator
     from privfedtalk.model.identity import IdentityEncoder
     from privfedtalk.pretrain import pretrain
@@ -105,12 +106,12 @@ def run_demo(out: Path, quick: bool = False) -> dict:
     t0 = time.perf_counter()
     model = TalkingHeadGenerator.from_pretrained(checkpoint)
     encoder = IdentityEncoder.load(checkpoint)
-    clips = eval_clips(str(data), None, model.spec, None)
-    # The last clip of each private identity is held out of every client's training.
-    last = {}
-    for clip in clips:
-        last[clip.identity] = clip
-    clips = list(last.values())[: preset["eval_clips"]]
+    by_identity = {}
+    for clip in load_eval_clips(data, None, model.spec):
+        by_identity.setdefault(clip.identity, []).append(clip)
+    # The held-out clips of each private identity (split_heldout: the ones no client trains on).
+    heldout = [c for clips in by_identity.values() for c in split_heldout(clips, 1)[1]]
+    clips = heldout[: preset["eval_clips"]]
     backbone = evaluate_clips(model, encoder, clips, seed=0)
     backbone.pop("per_clip")
     times["evaluate_s"] = time.perf_counter() - t0
@@ -118,32 +119,20 @@ def run_demo(out: Path, quick: bool = False) -> dict:
     # The method: PrivFedTalk (ISFA + TDC + secure aggregation + DP) over the private clients.
     t0 = time.perf_counter()
     run_dir = out / "privfedtalk_run"
-    method = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "privfedtalk.yaml"
-    method_file = method if method.is_file() else None
     fed_cfg = load_config(
-        method_file,
+        "privfedtalk",  # the method config shipped in the package
         common
         + preset["pretrain"]
         + preset["federated"]
-        + [f"federated.checkpoint={checkpoint}", f"out_dir={run_dir}"]
-        + (
-            []
-            if method_file
-            else [
-                "federated.method=isfa",
-                "federated.lambda_tdc=0.1",
-                "privacy.secure_aggregation=true",
-                "privacy.dp=true",
-            ]
-        ),
+        + [f"federated.checkpoint={checkpoint}", f"out_dir={run_dir}"],
     )
     if (run_dir / "state.json").is_file():
         train(resume=str(run_dir))
     else:
         train(fed_cfg)
     times["federated_s"] = time.perf_counter() - t0
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    epsilon = records[-1].get("epsilon")
+    records = RunFolder(run_dir).records()
+    last = records[-1]
 
     # Sample videos: a held-out identity driven by its own held-out audio, with the audio muxed in;
     # from the backbone, and from the client owning that identity (global shared + identity adapter).
@@ -182,10 +171,13 @@ def run_demo(out: Path, quick: bool = False) -> dict:
         "privfedtalk_run": {
             "rounds": len(records),
             "rounds_skipped": sum("skipped" in r for r in records),
-            "epsilon": epsilon,
+            "epsilon_observer": last.get("epsilon_observer"),
+            "epsilon_server_worst": last.get("epsilon_server_worst"),
+            "epsilon_server_median": last.get("epsilon_server_median"),
             "delta": fed_cfg.privacy.delta,
+            "guarantee": last.get("guarantee"),
             # The last round that aggregated (a skipped round has no loss).
-            "final_loss": next((r["loss"] for r in reversed(records) if "loss" in r), None),
+            "final_released_norm": last.get("released_norm"),
         },
         "sample_video": str(sample),
         "seconds": {k: round(v, 1) for k, v in times.items()},

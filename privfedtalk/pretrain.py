@@ -57,7 +57,6 @@ def train_vae(vae, clips, vae_cfg, seed: int, writer=None, precision: Precision 
     precision = precision or Precision(next(vae.parameters()).device)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=vae_cfg.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, vae_cfg.steps)
-    optimizer = precision.prepare(optimizer)
     vae.train()
     bar = tqdm(range(vae_cfg.steps), desc="vae", leave=False)
     for step in bar:
@@ -94,7 +93,6 @@ def train_denoiser(
         lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * s / unet_cfg.steps))),
     )
     precision = precision or Precision(model.device)
-    optimizer = precision.prepare(optimizer)
     generator = torch.Generator().manual_seed(cfg.seed + 1)
     model.unet.train()
     model.audio_encoder.train()

@@ -1,4 +1,4 @@
-"""Where and how a run executes: torch threads, device, mixed precision (through accelerate)."""
+"""Where and how a run executes: torch threads, device, mixed precision (torch.amp)."""
 
 from __future__ import annotations
 
@@ -27,48 +27,50 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-_ACCELERATORS: dict = {}
-
-
-def make_accelerator(device: torch.device, mixed_precision: str):
-    """An accelerate Accelerator with the precision that will really run on this device (one per process)."""
-    from accelerate import Accelerator
-
-    if device.type != "cuda" and mixed_precision != "no":
-        # accelerate ignores fp16 on CPU and bf16 on this kind of CPU is ~5x slower: say what runs.
-        log.warning("mixed_precision=%s is for CUDA; running fp32 on %s", mixed_precision, device.type)
-        mixed_precision = "no"
-    key = (device.type, mixed_precision)
-    if key not in _ACCELERATORS:
-        # accelerate keeps process-wide state: a second Accelerator must not change the precision.
-        existing = next(iter(_ACCELERATORS.values()), None)
-        _ACCELERATORS[key] = existing or Accelerator(
-            mixed_precision=mixed_precision, cpu=device.type == "cpu"
-        )
-    return _ACCELERATORS[key]
+_AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class Precision:
-    """Training-step plumbing through accelerate: autocast, scaled backward (fp16), gradient clipping.
+    """Training-step plumbing: autocast, loss scaling (fp16), gradient-norm clipping (torch.amp).
 
-    On CPU this is plain fp32 autograd; on CUDA with fp16 the loss is scaled and unscaled for clipping.
+    Mixed precision runs on CUDA only: on a CPU, accelerate ignores fp16 and bf16 is ~5x slower, so a
+    request becomes fp32 with a warning naming what runs. torch.amp keeps no process-wide state, so
+    pretraining in fp16 and federated training in fp32 in one process each get what they asked for
+    (accelerate's AcceleratorState cannot change precision once set).
     """
 
-    def __init__(self, device: torch.device, mixed_precision: str = "no"):
-        self.accelerator = make_accelerator(device, mixed_precision)
+    def __init__(self, device: torch.device, mixed_precision: str = "fp32"):
+        requested = str(mixed_precision)
+        if device.type != "cuda" and requested != "fp32":
+            log.warning("mixed_precision=%s is for CUDA; running fp32 on %s", requested, device.type)
+            requested = "fp32"
+        self.device = device
+        self.mixed_precision = requested
+        self.dtype = _AUTOCAST_DTYPES.get(requested)
+        self.scaler = torch.amp.GradScaler("cuda") if requested == "fp16" else None
 
-    def prepare(self, optimizer):
-        return self.accelerator.prepare_optimizer(optimizer, device_placement=False)
+    @property
+    def label(self) -> str:
+        return "fp32" if self.dtype is None else self.mixed_precision
 
     def autocast(self):
-        return self.accelerator.autocast()
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)
 
     def step(self, loss, optimizer, params, max_norm: float | None = 1.0) -> None:
         optimizer.zero_grad()
-        self.accelerator.backward(loss)
+        params = list(params)
+        if self.scaler is None:
+            loss.backward()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(optimizer)
         if max_norm is not None:
-            self.accelerator.clip_grad_norm_(params, max_norm)
-        optimizer.step()
+            torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if self.scaler is None:
+            optimizer.step()
+        else:
+            self.scaler.step(optimizer)
+            self.scaler.update()
 
 
 def enable_gradient_checkpointing(module, enabled: bool, device: torch.device) -> None:

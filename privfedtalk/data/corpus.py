@@ -308,3 +308,15 @@ def load_named_clips(root, names: list[str], audio_cfg, size: int | None = None)
             )
         clips.append(load_clip(matches[0], audio_cfg, size=size, identity=identity))
     return clips
+
+
+def split_heldout(clips: list, heldout_clips: int) -> tuple[list, list]:
+    """(training clips, held-out clips) of one identity: the last `heldout_clips` clips are held out.
+
+    An identity keeps at least one training clip; a single clip is used for training and nothing is
+    held out. The one rule for every caller (client loading, evaluation, the demo, the benchmark).
+    """
+    if len(clips) <= 1:
+        return list(clips), []
+    cut = max(1, len(clips) - heldout_clips)
+    return list(clips[:cut]), list(clips[cut:])

@@ -1,12 +1,13 @@
-"""One virtual client's turn: local training of shared + identity adapters, signals, and its upload.
+"""One virtual client's turn: local training of shared + identity adapters, signals, and its update.
 
-Everything here runs "on the device" of the client. What leaves it is a `ClientUpdate` (sample
-count and quantized reliability scalars, then a clipped, weighted, noised vector that the secure
-aggregation masks); the identity adapter and the media stay in the client's slot.
+Everything here runs "on the device" of the client. Its result is a `ClientUpdate`; the privacy
+mechanism turns that into the clipped, weighted, noised vector that secure aggregation masks. The
+identity adapter and the media stay in the client's slot.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -14,10 +15,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from privfedtalk.config import Federate
 from privfedtalk.federated.aggregation import fedprox_term
+from privfedtalk.federated.strategy import ClientReport, Instructions
 from privfedtalk.model import adapters
 from privfedtalk.model.latents import LatentClip, sample_windows
-from privfedtalk.privacy.dp import clip_to_norm, quantize_unit_scalar
+from privfedtalk.privacy.dp import quantize_unit_scalar
 from privfedtalk.runtime import Precision
 
 
@@ -37,16 +40,22 @@ class ClientData:
 
 @dataclass
 class ClientUpdate:
-    """The only thing a client hands back after local training (before the privacy step).
+    """The only thing a client hands to the privacy step after local training.
 
     delta: change of the shared parameters (flat float32); signals: quantized reliability
-    scalars in [0, 1]. No identity-adapter tensor, no media, no loss curve.
+    scalars in [0, 1] (empty when the strategy does not ask for them). No identity-adapter tensor,
+    no media, no loss curve.
     """
 
     client_id: str
     num_samples: int
     delta: torch.Tensor
     signals: dict[str, float]
+
+    @property
+    def report(self) -> ClientReport:
+        """The weighing inputs (count, signals): sent to the server only in runs without DP."""
+        return ClientReport(self.client_id, self.num_samples, dict(self.signals))
 
 
 @dataclass
@@ -55,13 +64,14 @@ class LocalReport:
 
     loss: float
     tdc: float
+    update_norm: float  # before clipping
     train_seconds: float
     swap_seconds: float
 
 
-def shared_parameters(unet, federate: str) -> list[torch.nn.Parameter]:
+def shared_parameters(unet, federate: Federate) -> list[torch.nn.Parameter]:
     """Parameters that are aggregated: the shared LoRA adapter, or the whole U-Net backbone."""
-    if federate == "unet":
+    if federate == Federate.unet:
         return [p for n, p in unet.named_parameters() if "lora_" not in n]
     return adapters.adapter_parameters(unet, adapters.SHARED)
 
@@ -82,23 +92,15 @@ def set_flat(params, vector: torch.Tensor) -> None:
 class LocalTrainer:
     """Runs clients one after another on the single U-Net in memory."""
 
-    def __init__(
-        self,
-        model,
-        identity_encoder,
-        store,
-        fed_cfg,
-        window: int,
-        condition_dropout: float = 0.0,
-        precision=None,
-    ):
+    def __init__(self, cfg, model, identity_encoder, store):
         self.model = model
-        self.precision = precision or Precision(model.device)
+        self.precision = Precision(model.device, cfg.mixed_precision)
         self.encoder = identity_encoder
         self.store = store
-        self.cfg = fed_cfg
-        self.window = window
-        self.condition_dropout = condition_dropout
+        self.cfg = cfg.federated
+        self.window = cfg.data.window
+        self.condition_dropout = cfg.model.diffusion.condition_dropout
+        fed_cfg = cfg.federated
         unet = model.unet
         self.shared = shared_parameters(unet, fed_cfg.federate)
         self.identity = adapters.adapter_parameters(unet, adapters.IDENTITY)
@@ -121,8 +123,15 @@ class LocalTrainer:
             self.store.stage_identity(client.client_id, state, round_index)
 
     # -- the local round ------------------------------------------------------------------------
-    def run(self, client: ClientData, global_shared: torch.Tensor, round_index: int, seed: int):
-        """Train locally from the broadcast shared state; return (ClientUpdate, LocalReport)."""
+    def run(
+        self,
+        client: ClientData,
+        global_shared: torch.Tensor,
+        round_index: int,
+        seed: int,
+        instructions: Instructions,
+    ):
+        """Train locally from the broadcast shared state as instructed; return (ClientUpdate, LocalReport)."""
         cfg = self.cfg
         generator = torch.Generator().manual_seed(seed)
         t0 = time.perf_counter()
@@ -132,11 +141,11 @@ class LocalTrainer:
         model, device = self.model, self.model.device
         global_copy = [p.detach().clone() for p in self.shared]
         params = self.shared + self.identity
-        optimizer = self.precision.prepare(torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0))
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
         model.unet.train()
         losses, tdcs = [], []
         t1 = time.perf_counter()
-        for _ in range(cfg.local_steps):
+        for _ in range(instructions.local_steps):
             latents, reference, audio = sample_windows(
                 client.train, cfg.batch_windows, self.window, generator
             )
@@ -151,21 +160,27 @@ class LocalTrainer:
                     condition_dropout=self.condition_dropout,
                 )
             loss = out["total"]
-            if cfg.mu > 0:
-                loss = loss + fedprox_term(self.shared, global_copy, cfg.mu)
+            if instructions.mu > 0:
+                loss = loss + fedprox_term(self.shared, global_copy, instructions.mu)
             self.precision.step(loss, optimizer, params)
             losses.append(out["diffusion"].item())
             tdcs.append(out["tdc"].item() if "tdc" in out else 0.0)
         model.unet.eval()
         train_seconds = time.perf_counter() - t1
 
-        signals = self.reliability_signals(client, generator)
+        signals = self.reliability_signals(client, generator) if instructions.compute_signals else {}
         t2 = time.perf_counter()
         delta = get_flat(self.shared) - global_shared
         self.swap_out(client, round_index)
         swap += time.perf_counter() - t2
         update = ClientUpdate(client.client_id, client.num_samples, delta, signals)
-        report = LocalReport(float(np.mean(losses)), float(np.mean(tdcs)), train_seconds, swap)
+        report = LocalReport(
+            float(np.mean(losses)) if losses else math.nan,
+            float(np.mean(tdcs)) if tdcs else math.nan,
+            float(delta.norm()),
+            train_seconds,
+            swap,
+        )
         return update, report
 
     @torch.no_grad()
@@ -204,21 +219,3 @@ class LocalTrainer:
             "identity_consistency": quantize_unit_scalar(float(np.clip(identity, 0, 1)), bits),
             "temporal_stability": quantize_unit_scalar(1.0 / (1.0 + jitter), bits),
         }
-
-
-def privatize(
-    update: ClientUpdate, weight: float, clip_norm: float | None, noise_std: float, rng: np.random.Generator
-) -> tuple[np.ndarray, float]:
-    """Client-side privacy step: clip to C, multiply by the server-assigned weight, add a noise share.
-
-    Returns the vector to be masked and the update's norm before clipping. Weighting happens here,
-    before masking, so the secure sum is exactly Σ w_k·clip(Δ_k) + noise.
-    """
-    vector = update.delta.numpy().astype(np.float64)
-    norm = float(np.linalg.norm(vector))
-    if clip_norm is not None and clip_norm > 0:
-        vector, norm = clip_to_norm(vector, clip_norm)
-    vector = vector * weight
-    if noise_std > 0:
-        vector = vector + rng.normal(0.0, noise_std, size=vector.shape)
-    return vector, norm

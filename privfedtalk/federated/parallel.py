@@ -1,6 +1,8 @@
 """Client-parallel rounds: a round's sampled clients are sharded over torch.distributed processes.
 
-Launch: `torchrun --nproc_per_node P -m privfedtalk.federated.parallel CONFIG [key=value ...]`.
+`DistributedBackend` is the round's backend for this case (see backend.py); `RankGroup` holds the
+collectives and `distributed_secure_sum` runs the secure-aggregation phases across processes.
+Launch: `torchrun --nproc_per_node P -m privfedtalk.federated.launch CONFIG [key=value ...]`.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import torch
 import torch.distributed as dist
 
 from privfedtalk.errors import PrivacyError, PrivFedTalkError
+from privfedtalk.federated.backend import SequentialBackend
 from privfedtalk.privacy.fixed_point import FixedPoint
-from privfedtalk.privacy.secagg import MaskExpander, SecAggClient, SecAggServer, SecureSumResult
+from privfedtalk.privacy.secagg import MaskExpander, SecAggClient, SecAggServer, SecureSumResult, check_round
 
 log = logging.getLogger("privfedtalk")
 
@@ -129,22 +132,6 @@ class RankGroup:
             merged.update(part)
         return merged
 
-    def gather_reports(self, reports: list, local: dict, order: list[str], seconds: float, peak_mb: float):
-        """Every rank's (count, signals) reports in `order` (the sampled order, as a sequential run
-        has them), so all ranks compute the same weights.
-
-        Also returns the LocalReports (simulation diagnostics) and each rank's local-phase wall time
-        and peak memory, so a slow or heavy rank shows in the round record.
-        """
-        parts = self.all_gather((reports, local, seconds, peak_mb))
-        position = {client_id: i for i, client_id in enumerate(order)}
-        merged_reports = sorted((r for part in parts for r in part[0]), key=lambda r: position[r.client_id])
-        merged_local = {}
-        for part in parts:
-            merged_local.update(part[1])
-        ranks = {"rank_seconds": [p[2] for p in parts], "rank_peak_memory_mb": [p[3] for p in parts]}
-        return merged_reports, merged_local, ranks
-
     def sum(self, vectors: Mapping[str, np.ndarray], survivors: list[str], size: int) -> np.ndarray:
         """Plain (unmasked) sum of the survivors' float64 vectors over all ranks."""
         partial = np.zeros(size, dtype=np.float64)
@@ -160,20 +147,6 @@ class RankGroup:
         halves = torch.from_numpy(split_words(words))
         dist.reduce(halves, dst=SERVER)
         return join_words(halves.numpy()) if self.is_server else None
-
-    def secure_sum(self, server, vectors, client_ids, round_index, dropped=()) -> SecureSumResult:
-        """Server.secure_sum over ranks: same fixed-point plan and threshold, masks summed by collectives."""
-        fixed_point, threshold = server.secure_sum_plan(len(client_ids))
-        return distributed_secure_sum(
-            self,
-            vectors,
-            client_ids,
-            size=len(server.global_shared),
-            round_id=round_index,
-            threshold=threshold,
-            fixed_point=fixed_point,
-            dropped=dropped,
-        )
 
 
 def split_words(words: np.ndarray) -> np.ndarray:
@@ -192,40 +165,6 @@ def join_words(halves: np.ndarray) -> np.ndarray:
     low = halves[0].astype(np.uint64)
     high = halves[1].astype(np.uint64)
     return low + (high << np.uint64(32))  # uint64 arithmetic wraps mod 2^64
-
-
-class RankServer(SecAggServer):
-    """The aggregator on the server rank: takes each rank's pre-summed masked inputs.
-
-    A rank simulates several clients, so it adds their masked vectors before sending: the sum is
-    still hidden by every sender's self mask, and the server learns only which clients sent.
-    """
-
-    def receive_masked_sum(self, senders: list, masked_sum: np.ndarray) -> None:
-        if self._roster is None or self._survivors is not None:
-            raise PrivacyError("masked input outside the masked-input phase")
-        for client_id in senders:
-            self._roster.position(client_id)
-        if len(set(senders)) != len(senders) or set(senders) & set(self._received):
-            raise PrivacyError("duplicate masked input")
-        if senders:
-            self._masked_sum = masked_sum
-            self._received.extend(senders)
-
-
-def _check_round(client_ids: list, threshold: int, fixed_point: FixedPoint) -> None:
-    """prepare_round's checks on the whole round; every rank sees the same ids, so all agree."""
-    count = len(client_ids)
-    if count < 2:
-        raise PrivacyError(f"secure aggregation needs at least 2 clients, got {count}: round skipped")
-    if len(set(client_ids)) != count:
-        raise PrivacyError("secure aggregation client ids must be unique")
-    if not 2 <= threshold <= count:
-        raise PrivacyError(f"secure aggregation threshold must be in [2, {count}], got {threshold}")
-    if fixed_point.max_clients is not None and count > fixed_point.max_clients:
-        raise PrivacyError(
-            f"fixed point was planned for {fixed_point.max_clients} clients, round has {count}: re-plan it"
-        )
 
 
 def _attempt(fn, *args):
@@ -262,8 +201,8 @@ def distributed_secure_sum(
     any rank is carried to the server and raised on every rank, so no rank waits forever.
     """
     started = time.perf_counter()
-    _check_round(client_ids, threshold, fixed_point)
-    server = RankServer(round_id=round_id, threshold=threshold, fixed_point=fixed_point)
+    check_round(client_ids, threshold, fixed_point)
+    server = SecAggServer(round_id=round_id, threshold=threshold, fixed_point=fixed_point)
     server = server if group.is_server else None
     clients = {
         c: SecAggClient(c, vectors[c], round_id=round_id, threshold=threshold, fixed_point=fixed_point)
@@ -290,7 +229,7 @@ def distributed_secure_sum(
     )
 
 
-def _advertise_keys(group: RankGroup, server: RankServer | None, clients: dict):
+def _advertise_keys(group: RankGroup, server: SecAggServer | None, clients: dict):
     """Phase 0: public keys to the server; the roster (and which rank holds whom) back to everyone."""
     keys = group.gather_to_server([(c.advertise_keys(), group.rank) for c in clients.values()])
     roster = owner = error = None
@@ -367,7 +306,7 @@ def _unmask(group, server, clients: dict, survivors, gone, expander) -> np.ndarr
     return total
 
 
-def _finalize(server: RankServer, messages: list, expander: MaskExpander) -> np.ndarray:
+def _finalize(server: SecAggServer, messages: list, expander: MaskExpander) -> np.ndarray:
     for message in messages:
         server.receive_unmasking_shares(message)
     return server.finalize(expander)
@@ -379,30 +318,56 @@ def _lap(phase_seconds: dict, name: str, since: float) -> float:
     return now
 
 
-def main(argv=None) -> int:
-    """`privfedtalk train` for launchers that need a module: CONFIG [key=value ...] or --resume RUN."""
-    import argparse
-    import sys
+class DistributedBackend(SequentialBackend):
+    """The round's clients sharded over processes; reports, roster and sums go through collectives.
 
-    from privfedtalk.config import load_config
-    from privfedtalk.federated.simulation import train
+    Every process runs the same round code; rank 0 plays the server and writes the run folder.
+    """
 
-    parser = argparse.ArgumentParser(prog="python -m privfedtalk.federated.parallel")
-    parser.add_argument("config", nargs="?")
-    parser.add_argument("overrides", nargs="*")
-    parser.add_argument("--resume", help="continue the run in this folder")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        if args.resume:
-            train(resume=args.resume)
-        else:
-            train(load_config(args.config, args.overrides))
-    except PrivFedTalkError as err:
-        print(f"privfedtalk: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    def __init__(self, group: RankGroup, loader, trainer, seed: int, on_client_done=None):
+        super().__init__(loader, trainer, seed, on_client_done)
+        self.group = group
 
+    @property
+    def is_server(self) -> bool:
+        return self.group.is_server
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+    def clients_here(self, sampled: list) -> list:
+        return self.group.shard(sampled)
+
+    def roster(self, accepted: list[str]) -> list[str]:
+        return self._in_sampled_order([c for part in self.group.all_gather(list(accepted)) for c in part])
+
+    def gather_reports(self, reports: list) -> list:
+        return super().gather_reports([r for part in self.group.all_gather(list(reports)) for r in part])
+
+    def merge(self, mapping: dict) -> dict:
+        return self.group.merge(mapping)
+
+    def secure_sum(
+        self, vectors, roster, fixed_point, threshold, round_index, dropped, size
+    ) -> SecureSumResult:
+        mine = {c: v for c, v in vectors.items() if c in roster}
+        return distributed_secure_sum(
+            self.group,
+            mine,
+            list(roster),
+            size=size,
+            round_id=round_index,
+            threshold=threshold,
+            fixed_point=fixed_point,
+            dropped=dropped,
+        )
+
+    def plain_sum(self, vectors, survivors, size) -> np.ndarray:
+        return self.group.sum(vectors, survivors, size)
+
+    def rank_stats(self, seconds: float, peak_mb: float) -> dict:
+        parts = self.group.all_gather((seconds, peak_mb))
+        return {"rank_seconds": [p[0] for p in parts], "rank_peak_memory_mb": [p[1] for p in parts]}
+
+    def commit(self, client_ids, store) -> None:
+        super().commit(self.group.trained_here(client_ids), store)
+
+    def barrier(self) -> None:
+        self.group.barrier()

@@ -1,428 +1,103 @@
-"""The federated round loop: sample clients, train each in turn, privatize, securely sum, apply.
+"""The federated round loop: sample, train, weigh, privatize, sum, apply, in the protocol's order.
 
-One process simulates every client on the single U-Net in memory; launched with WORLD_SIZE > 1 the
-sampled clients are sharded over processes (see parallel.py). A run folder holds the config,
-the global state after each completed round (atomically written), the client slots, TensorBoard
-logs and metrics.jsonl; `--resume` continues from the last completed round.
+One process simulates every client on the single U-Net in memory (SequentialBackend); launched with
+WORLD_SIZE > 1 the sampled clients are sharded over processes (parallel.DistributedBackend). Who
+weighs and how the server steps is the Strategy's; everything between a raw update and the released
+sum, and what it costs, is the PrivacyMechanism's. A run folder (store.RunFolder) holds the config,
+the global state after each completed round (atomically written), the client slots, TensorBoard logs
+and metrics.jsonl; `--resume` continues from the last completed round.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
+import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
-from safetensors.torch import load_file
 from tqdm import tqdm
 
-from privfedtalk.config import Config, load_config
-from privfedtalk.data.corpus import LoadReport, load_identity, read_split
-from privfedtalk.errors import MediaError, PrivacyError, PrivFedTalkError
+from privfedtalk.config import Config
+from privfedtalk.errors import PrivFedTalkError
 from privfedtalk.federated import parallel
-from privfedtalk.federated.client import (
-    ClientData,
-    LocalTrainer,
-    get_flat,
-    privatize,
-    set_flat,
-    shared_parameters,
+from privfedtalk.federated.backend import SequentialBackend
+from privfedtalk.federated.client import LocalTrainer, get_flat, set_flat
+from privfedtalk.federated.clients import (
+    ClientLoader,
+    ClientSpec,
+    heldout_clips,
+    register_clients,
+    sample_clients,
 )
-from privfedtalk.federated.server import ClientReport, Server
-from privfedtalk.federated.store import ClientStore, atomic_save_tensors, atomic_write_text
-from privfedtalk.model import adapters
+from privfedtalk.federated.models import build_federated_model, identity_adapter_off
+from privfedtalk.federated.store import ClientStore, RunFolder
+from privfedtalk.federated.strategy import Strategy, build_strategy
 from privfedtalk.model.generator import TalkingHeadGenerator
 from privfedtalk.model.identity import IdentityEncoder
-from privfedtalk.model.latents import LatentClip
+from privfedtalk.privacy.mechanism import PrivacyMechanism, Release
 from privfedtalk.runtime import peak_memory_mb, resolve_device, setup_torch
 
 log = logging.getLogger("privfedtalk")
 
 
 @dataclass
-class ClientSpec:
-    """A registered client: which private identities it owns and how many of their clips it keeps."""
+class Federation:
+    """A run in memory: who takes part, what they train, how rounds are weighed, privatized and applied."""
 
-    client_id: str
-    identities: list[str]
-    keep_fraction: float = 1.0
+    cfg: Config
+    folder: RunFolder
+    model: TalkingHeadGenerator
+    encoder: IdentityEncoder
+    store: ClientStore
+    specs: list[ClientSpec]
+    strategy: Strategy
+    privacy: PrivacyMechanism
+    backend: SequentialBackend
+    global_state: torch.Tensor
+    on_release: Callable | None = None
+    committed: tuple = ()  # the last round's survivors: their staged identity adapters are promoted
 
-
-def register_clients(cfg) -> list[ClientSpec]:
-    """Partition the private identities into clients (seeded); cheap: no media is read here."""
-    split = read_split(cfg.data.root)
-    if split is None:
-        raise PrivFedTalkError(f"{cfg.data.root}: no split.json naming the private identities (see README)")
-    identities = list(split["private"])
-    if not identities:
-        raise PrivFedTalkError(f"{cfg.data.root}/split.json: 'private' is empty (clients need identities)")
-    part = cfg.federated.partition
-    rng = np.random.default_rng(cfg.seed)
-    order = (
-        list(rng.permutation(len(identities))) if part.identities_per_client > 1 else range(len(identities))
-    )
-    groups = [
-        [identities[i] for i in list(order)[k : k + part.identities_per_client]]
-        for k in range(0, len(identities), part.identities_per_client)
-    ]
-    specs = []
-    for index, group in enumerate(groups):
-        keep = float(rng.uniform(0.25, 1.0)) if part.unequal else 1.0
-        specs.append(ClientSpec(f"client{index:04d}", group, keep))
-    return specs
+    @property
+    def trainer(self):
+        return self.backend.trainer
 
 
-def sample_clients(specs: list[ClientSpec], fed_cfg, seed: int, round_index: int) -> list[ClientSpec]:
-    """The accountant's sampling scheme: exactly m of N without replacement, or Poisson with q = m/N."""
-    rng = np.random.default_rng([seed, round_index, 7])
-    m = min(fed_cfg.clients_per_round, len(specs))
-    if fed_cfg.sampling == "poisson":
-        chosen = np.flatnonzero(rng.random(len(specs)) < m / len(specs))
-    else:
-        chosen = np.sort(rng.choice(len(specs), size=m, replace=False))
-    return [specs[i] for i in chosen]
-
-
-def client_seed(seed: int, round_index: int, client_id: str) -> int:
-    return int(np.random.default_rng([seed, round_index, int(client_id[len("client") :])]).integers(2**62))
-
-
-class ClientLoader:
-    """Loads a client's clips on its turn and caches their latents in its slot (memory stays flat)."""
-
-    def __init__(self, cfg, model: TalkingHeadGenerator, store: ClientStore):
-        self.cfg = cfg
-        self.model = model
-        self.store = store
-
-    def load(self, spec: ClientSpec) -> ClientData:
-        cached = self.store.load_latents(spec.client_id)
-        if cached is None:
-            cached = self._encode(spec)
-        tensors, index = cached
-        train = [
-            LatentClip(
-                c["identity"], c["name"], tensors[f"{i}.latents"], tensors[f"{i}.features"], None, None, None
-            )
-            for i, c in enumerate(index["train"])
-        ]
-        return ClientData(spec.client_id, spec.identities, train, index["heldout"])
-
-    def _encode(self, spec: ClientSpec):
-        data = self.cfg.data
-        report = LoadReport()
-        train_clips, heldout = [], []
-        for identity in spec.identities:
-            try:
-                clips = load_identity(data.root, identity, data.audio, size=data.size, report=report)
-            except MediaError as err:
-                log.warning("%s", err)
-                continue
-            keep = clips[: max(1, len(clips) - data.heldout_clips)] if len(clips) > 1 else clips
-            heldout += [f"{identity}/{c.name}" for c in clips[len(keep) :]]
-            n_keep = max(1, int(round(len(keep) * spec.keep_fraction)))
-            train_clips += keep[:n_keep]
-        if report.skipped:
-            log.warning("%s: %s", spec.client_id, report.summary())
-        if not train_clips:
-            raise MediaError(
-                f"{data.root}/{','.join(spec.identities)}",
-                "client has no usable training clips",
-                "add clips with audio to its identity folders",
-            )
-        tensors, index = {}, {"train": [], "heldout": heldout}
-        for i, clip in enumerate(train_clips):
-            tensors[f"{i}.latents"] = self.model.encode_frames(clip.frames)
-            tensors[f"{i}.features"] = torch.as_tensor(clip.features, dtype=torch.float32)
-            index["train"].append({"identity": clip.identity, "name": clip.name})
-        self.store.save_latents(spec.client_id, tensors, index)
-        return tensors, index
-
-
-def build_federated_model(cfg, device) -> tuple[TalkingHeadGenerator, IdentityEncoder]:
-    """Pretrained backbone + adapters: the shared LoRA (unless the whole U-Net is federated) and identity."""
-    checkpoint = Path(cfg.federated.checkpoint)
-    model = TalkingHeadGenerator.from_pretrained(checkpoint).to(device)
-    encoder = IdentityEncoder.load(checkpoint).to(device)
-    model.requires_grad_(False)
-    fed = cfg.federated
-    if fed.federate not in ("shared_adapter", "unet"):
-        raise PrivFedTalkError(f"federated.federate={fed.federate!r}: use shared_adapter or unet")
-    if fed.federate == "unet":
-        adapters.attach_adapters(model.unet, None, fed.identity)
-        for name, param in model.unet.named_parameters():
-            if "lora_" not in name:
-                param.requires_grad = True  # the backbone itself is what clients train and share
-    else:
-        adapters.attach_adapters(model.unet, fed.shared, fed.identity)
-    return model, encoder
-
-
-class RunState:
-    """Global state after the last completed round: shared vector + JSON (round, accountant, ...)."""
-
-    def __init__(self, run_dir: Path):
-        self.run_dir = run_dir
-        self.state_file = run_dir / "state.json"
-        self.global_file = run_dir / "global_shared.safetensors"
-
-    def exists(self) -> bool:
-        return self.state_file.is_file() and self.global_file.is_file()
-
-    def save(self, global_shared: torch.Tensor, info: dict) -> None:
-        atomic_save_tensors({"global_shared": global_shared}, self.global_file)
-        atomic_write_text(json.dumps(info), self.state_file)  # written last: it marks the round done
-
-    def load(self) -> tuple[torch.Tensor, dict]:
-        info = json.loads(self.state_file.read_text())
-        return load_file(str(self.global_file))["global_shared"], info
-
-
-def train(cfg=None, resume: str | None = None, on_client_done=None) -> Path:
-    """Run (or resume) a federated training; returns the run folder.
-
-    on_client_done(round_index, client_id) is a hook for tests (e.g. to simulate a kill). Under
-    torchrun / accelerate launch (WORLD_SIZE > 1) every process calls this and trains its share.
-    """
-    group = parallel.init_from_env()
-    try:
-        return _train(cfg, resume, on_client_done, group)
-    finally:
-        if group is not None:
-            group.close()
-
-
-def _train(cfg, resume, on_client_done, group) -> Path:
-    is_server = group is None or group.is_server  # only the server process writes the run folder
-    if resume is not None:
-        run_dir = Path(resume)
-        if not (run_dir / "config.yaml").is_file():
-            raise PrivFedTalkError(
-                f"{run_dir}: not a run folder (no config.yaml); start a run with `privfedtalk train`"
-            )
-        cfg = load_config(run_dir / "config.yaml", schema=Config)
-    run_dir = Path(cfg.out_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    state = RunState(run_dir)
-    if resume is None and state.exists():
-        raise PrivFedTalkError(
-            f"{run_dir}: already holds a run (continue it with --resume {run_dir}, or pick out_dir=...)"
-        )
-    if is_server:
-        atomic_write_text(OmegaConf.to_yaml(cfg), run_dir / "config.yaml")
-
-    setup_torch(cfg.threads if group is None else group.threads(cfg.threads))
-    device = resolve_device(cfg.device)
-    if group is not None:
-        device = group.device(device)
-    torch.manual_seed(cfg.seed)
-    model, encoder = build_federated_model(cfg, device)
-    fed = cfg.federated
-    store = ClientStore(run_dir)
-    specs = register_clients(cfg)
-    loader = ClientLoader(cfg, model, store)
-    trainer = LocalTrainer(model, encoder, store, fed, cfg.data.window, cfg.model.diffusion.condition_dropout)
-    initial = get_flat(trainer.shared)
-    server = Server(initial, fed, cfg.privacy, len(specs), fed.rounds)
-
-    start_round = 0
-    if resume is not None and state.exists():
-        global_shared, info = state.load()
-        server.global_shared = global_shared
-        start_round = info["completed_rounds"]
-        if server.accountant is not None:
-            server.accountant.load_state_dict(info["accountant"])
-        dropped = store.discard_pending() if is_server else 0
-        if group is not None:
-            group.barrier()  # stale adapters are gone before any process stages new ones
-        log.info(
-            "resuming %s after round %d (%d staged adapters of the unfinished round dropped)",
-            run_dir,
-            start_round,
-            dropped,
-        )
-
-    upload_values = initial.numel()
-    log.info(
-        "%d clients registered (%s), %d per round, federate=%s: %d shared values, "
-        "upload %.1f KB/client-round",
-        len(specs),
-        ", ".join(f"{s.client_id}:{'+'.join(s.identities)}" for s in specs[:4])
-        + (" ..." if len(specs) > 4 else ""),
-        server.expected_clients,
-        fed.federate,
-        upload_values,
-        upload_bytes(upload_values, cfg.privacy) / 1e3,
-    )
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(str(run_dir / "tensorboard")) if is_server else None
-    if server.accountant is not None:
-        # The noise vector's norm is std * sqrt(d) whatever the updates are, while the weighted sum of
-        # clipped updates has norm <= expected_clients * w_max * C: with few clients per round the
-        # noise dominates for any C, and C only sets how far it moves the shared adapter.
-        std, dims = server.noise_std_total(), len(server.global_shared)
-        log.info(
-            "DP: z = %.3f, clip C = %.3g, w_max = %.3g: noise std %.3g per value on the sum; "
-            "noise norm ~%.3g vs at most %.3g of clipped signal (%d clients x w_max x C)",
-            server.noise_multiplier,
-            cfg.privacy.clip_norm,
-            server.weight_cap,
-            std,
-            std * math.sqrt(dims),
-            server.expected_clients * server.weight_cap * cfg.privacy.clip_norm,
-            server.expected_clients,
-        )
-    for round_index in tqdm(
-        range(start_round, fed.rounds),
-        desc="rounds",
-        initial=start_round,
-        total=fed.rounds,
-        disable=not is_server,
-    ):
-        record = run_round(cfg, round_index, specs, loader, trainer, server, on_client_done, group)
-        if (
-            is_server
-            and fed.eval_every > 0
-            and fed.eval_clips > 0
-            and ((round_index + 1) % fed.eval_every == 0 or round_index + 1 == fed.rounds)
-        ):
-            record["eval"] = evaluate_round(cfg, model, encoder, trainer, store, specs, server)
-        committed = record.get("committed", [])
-        for spec_id in committed if group is None else group.trained_here(committed):
-            store.commit_identity(spec_id)  # by the process that staged it (it owns the slot)
-        if group is not None:
-            group.barrier()  # every slot is committed before any process starts the next round
-        if is_server:
-            info = {"completed_rounds": round_index + 1, "epsilon": record.get("epsilon")}
-            if server.accountant is not None:
-                info["accountant"] = server.accountant.state_dict()
-            state.save(server.global_shared, info)
-            log_round(writer, run_dir, record)
-    if writer is not None:
-        writer.close()
-    return run_dir
-
-
-def upload_bytes(values: int, privacy_cfg) -> int:
-    """Bytes a client uploads per round: fixed-point words under secure aggregation, else float32."""
-    return values * (privacy_cfg.fixed_point_bits // 8 if privacy_cfg.secure_aggregation else 4)
-
-
-def run_round(cfg, round_index, specs, loader, trainer, server, on_client_done=None, group=None) -> dict:
-    """One round, as the protocol orders it (see docs/architecture.md).
-
-    With `group` (a parallel.RankGroup) this process trains only its shard of the sampled clients;
-    reports, norms and the sum go through the group so every process ends with the same state.
-    """
-    fed, privacy = cfg.federated, cfg.privacy
+def run_round(fed: Federation, round_index: int) -> dict:
+    """One round (shared/ARCHITECTURE.md, "The round protocol"); returns its metrics record."""
     started = time.perf_counter()
-    # 1. The server samples clients with the scheme the accountant assumes.
-    sampled = sample_clients(specs, fed, cfg.seed, round_index)
-    # 2. Each client trains locally from the broadcast global state and computes its signals.
-    mine = sampled if group is None else group.shard(sampled)
-    updates, local = train_clients(cfg, round_index, mine, loader, trainer, server, on_client_done, group)
-    reports = [ClientReport(u.client_id, u.num_samples, u.signals) for u in updates.values()]
-    if group is not None:
-        local_seconds, peak = time.perf_counter() - started, peak_memory_mb(trainer.model.device)
-        order = [s.client_id for s in sampled]
-        reports, local, rank_stats = group.gather_reports(reports, local, order, local_seconds, peak)
-    client_ids = [r.client_id for r in reports]
-    record = {"round": round_index + 1, "sampled": [s.client_id for s in sampled], "clients": client_ids}
-    if group is not None:
-        record.update(rank_stats)
-    if not reports:
-        log.warning("round %d: no client produced an update; global state unchanged", round_index + 1)
-        record["epsilon"] = server.epsilon()
-        return record
-    # 3. The server turns (count, quantized signals) into capped weights and sends each its own.
-    weights = server.weights(reports)
-    # 4. Each client clips, weights, adds its noise share (distributed DP) and masks.
-    clip = privacy.clip_norm if (privacy.dp or privacy.secure_aggregation) else None
-    share_std = 0.0
-    if privacy.dp and privacy.noise == "distributed":
-        # Shares are sized by the round's roster (public once sampling is done), so the sum carries
-        # the full z·w_max·C whatever Poisson sampling drew; only dropouts after sharing lower it.
-        share_std = server.noise_std_total() / np.sqrt(len(client_ids))
-    vectors, norms = {}, {}
-    for client_id, update in updates.items():
-        rng = np.random.default_rng(client_seed(cfg.seed, round_index, client_id) + 1)
-        vectors[client_id], norms[client_id] = privatize(update, weights[client_id], clip, share_std, rng)
-    del updates  # the raw deltas end here, on the clients
-    if group is not None:
-        norms = group.merge(norms)  # diagnostics for the record (the server never needs them)
-    dropped = simulated_dropouts(client_ids, privacy.dropout_rate, cfg.seed, round_index)
-    # 5. The server sums (masked), decodes, applies with the server learning rate; ε is recorded.
-    secagg_seconds = 0.0
-    try:
-        if privacy.secure_aggregation:
-            if len(client_ids) < 2:
-                # A one-client "sum" is that client's update: never hand it to the server.
-                raise PrivacyError(
-                    f"secure aggregation needs at least 2 clients, round has {len(client_ids)}"
-                )
-            if group is None:
-                result = server.secure_sum(vectors, round_index, dropped=dropped)
-            else:
-                result = group.secure_sum(server, vectors, client_ids, round_index, dropped=dropped)
-            total, survivors, secagg_seconds = result.total, list(result.survivors), result.seconds
-        else:
-            survivors = [c for c in client_ids if c not in dropped]
-            if group is None:
-                total = np.sum([vectors[c] for c in survivors], axis=0)
-            else:
-                total = group.sum(vectors, survivors, len(server.global_shared))
-    except PrivacyError as err:
-        # Nothing was released in a skipped round, so the accountant records nothing.
-        log.warning("round %d skipped, global state untouched: %s", round_index + 1, err)
-        record.update(skipped=str(err), epsilon=server.epsilon())
-        return record
-    if privacy.dp and privacy.noise == "trusted":
-        rng = np.random.default_rng([cfg.seed, round_index, 99])
-        total = total + rng.normal(0.0, server.noise_std_total(), size=total.shape)
-    server.apply(total)
-    z_used = server.account(len(client_ids), len(survivors))
-    record.update(
-        survivors=survivors,
-        committed=survivors,
-        weights={c: weights[c] for c in survivors},
-        signals={c: reports[i].signals for i, c in enumerate(weights)},
-        loss=float(np.mean([local[c].loss for c in survivors])),
-        tdc=float(np.mean([local[c].tdc for c in survivors])),
-        update_norm=float(np.mean([norms[c] for c in survivors])),
-        train_seconds=float(np.median([local[c].train_seconds for c in survivors])),
-        swap_seconds=float(np.median([local[c].swap_seconds for c in survivors])),
-        secagg_seconds=secagg_seconds,
-        round_seconds=time.perf_counter() - started,
-        upload_bytes=upload_bytes(len(server.global_shared), privacy),
-        noise_multiplier=z_used,
-        epsilon=server.epsilon(),
-        peak_memory_mb=peak_memory_mb(trainer.model.device),
-    )
-    return record
-
-
-def train_clients(cfg, round_index, specs, loader, trainer, server, on_client_done=None, group=None):
-    """The local phase: each client in `specs` trains from the global state; (updates, reports) by id."""
-    updates, local = {}, {}
-    quiet = group is not None and not group.is_server
-    for spec in tqdm(specs, desc=f"round {round_index + 1} clients", leave=False, disable=quiet):
-        try:
-            data = loader.load(spec)
-        except MediaError as err:
-            log.warning("round %d: %s skipped: %s", round_index + 1, spec.client_id, err)
-            continue
-        seed = client_seed(cfg.seed, round_index, spec.client_id)
-        update, report = trainer.run(data, server.global_shared, round_index, seed)
-        updates[spec.client_id], local[spec.client_id] = update, report
-        if on_client_done is not None:
-            on_client_done(round_index, spec.client_id)
-    return updates, local
+    cfg, privacy = fed.cfg, fed.privacy
+    # 1. The server samples clients with the scheme the accountant assumes (a secret draw under DP).
+    source = privacy.sampling_source(round_index)
+    sampled = sample_clients(fed.specs, cfg.federated.sampling, cfg.federated.clients_per_round, source)
+    # 2. The sampled clients train from the broadcast global state, as the strategy instructs.
+    instructions = fed.strategy.configure_round(round_index)
+    local = fed.backend.train(sampled, instructions, fed.global_state, round_index)
+    # A client whose update fails the checks withholds it; the roster is every client that sends.
+    refused = {c: why for c, r in local.items() if (why := privacy.refusal(r.update))}
+    roster = fed.backend.roster([c for c in local if c not in refused])
+    updates = {c: local[c].update for c in roster if c in local}
+    # 3. Weights: capped on each client under DP, normalised by the server otherwise.
+    weights = privacy.weights(fed.strategy, [u.report for u in updates.values()], fed.backend)
+    # 4. Each client clips, weights and noises its update; the raw deltas end here.
+    vectors = {c: privacy.privatize(u, weights[c], len(roster), round_index) for c, u in updates.items()}
+    # 5. The server sums (masked), decodes and applies the strategy's step; the release is charged.
+    dropped = simulated_dropouts(roster, cfg.privacy.dropout_rate, cfg.seed, round_index)
+    if fed.backend.is_server and privacy.observer is not None:
+        fed.folder.mark_pending_release({"round": round_index, "roster": roster})
+    release = privacy.release(fed.backend, vectors, roster, dropped, round_index)
+    if release.total is not None:
+        fed.global_state = fed.strategy.apply(
+            fed.global_state, torch.as_tensor(release.total, dtype=torch.float32)
+        )
+    fed.committed = tuple(release.survivors)
+    if fed.on_release is not None:
+        fed.on_release(round_index, release, roster)
+    return round_record(fed, round_index, sampled, local, refused, roster, weights, release, started)
 
 
 def simulated_dropouts(client_ids: list[str], rate: float, seed: int, round_index: int) -> list[str]:
@@ -433,23 +108,244 @@ def simulated_dropouts(client_ids: list[str], rate: float, seed: int, round_inde
     return [c for c in client_ids if rng.random() < rate]
 
 
-def log_round(writer, run_dir: Path, record: dict) -> None:
+def upload_bytes(values: int, privacy_cfg) -> int:
+    """Bytes a client uploads per round: fixed-point words under secure aggregation, else float32."""
+    return values * (privacy_cfg.fixed_point_bits // 8 if privacy_cfg.secure_aggregation else 4)
+
+
+def round_record(
+    fed, round_index, sampled, local, refused, roster, weights, release: Release, started
+) -> dict:
+    """The round's metrics.jsonl line. A DP run logs no per-client value (who, weight, signal, loss,
+    norm): only counts, the released update's norm, timings and ε per adversary."""
+    privacy = fed.privacy
+    diagnostics = fed.backend.merge({c: r.report for c, r in local.items()})
+    record = {
+        "round": round_index + 1,
+        "clients": len(roster),
+        "refused": len(fed.backend.merge(refused)),
+        "survivors": len(release.survivors),
+        "train_seconds": _median([d.train_seconds for d in diagnostics.values()]),
+        "swap_seconds": _median([d.swap_seconds for d in diagnostics.values()]),
+        "secagg_seconds": release.secure_sum_seconds,
+        "round_seconds": time.perf_counter() - started,
+        "upload_bytes": upload_bytes(len(fed.global_state), fed.cfg.privacy),
+        "peak_memory_mb": peak_memory_mb(fed.model.device),
+        "precision": fed.trainer.precision.label,
+        "guarantee": privacy.guarantee,
+        **fed.backend.rank_stats(time.perf_counter() - started, peak_memory_mb(fed.model.device)),
+    }
+    if release.skipped:
+        record["skipped"] = release.skipped
+    if release.total is not None:
+        record["released_norm"] = float(np.linalg.norm(release.total))
+    if privacy.observer is not None:
+        record.update(noise_multiplier=release.noise_multiplier, noise_only=release.noise_only)
+        record.update(privacy.epsilons())
+        return record
+    survivors = release.survivors
+    record.update(
+        sampled=[s.client_id for s in sampled],
+        roster=roster,
+        survivor_ids=survivors,
+        weights={c: weights[c] for c in survivors if c in weights},
+        signals={c: dict(r.update.signals) for c, r in local.items() if r.update.signals},
+        loss=_mean([diagnostics[c].loss for c in survivors if c in diagnostics]),
+        tdc=_mean([diagnostics[c].tdc for c in survivors if c in diagnostics]),
+        update_norm=_mean([diagnostics[c].update_norm for c in survivors if c in diagnostics]),
+    )
+    return record
+
+
+def _median(values) -> float | None:
+    return float(statistics.median(values)) if values else None
+
+
+def _mean(values) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+# ------------------------------------------------------------------------------------------- the run
+
+
+def train(
+    cfg: Config | None = None,
+    resume: str | None = None,
+    *,
+    clients: list[ClientSpec] | None = None,
+    trainer_factory: Callable | None = None,
+    on_release: Callable | None = None,
+    on_client_done: Callable | None = None,
+) -> Path:
+    """Run (or resume) a federated training; returns the run folder.
+
+    Extension points, so callers extend a run without monkeypatching:
+      clients: the registered clients (default: `register_clients(cfg)`, one per private identity);
+      trainer_factory(cfg, model, encoder, store): a trainer with `LocalTrainer.run`'s signature;
+      on_release(round_index, release, roster): after each round's release, with what the server decoded;
+      on_client_done(round_index, client_id): after each client's local training (e.g. a simulated kill).
+    Under torchrun / accelerate launch (WORLD_SIZE > 1) every process calls this and trains its share.
+    """
+    group = parallel.init_from_env()
+    try:
+        folder, cfg = open_run_folder(cfg, resume, group is None or group.is_server)
+        fed = build_federation(cfg, folder, group, clients, trainer_factory, on_release, on_client_done)
+        start = restore(fed) if resume is not None and folder.exists() else 0
+        log_plan(fed)
+        run_rounds(fed, start)
+        return folder.path
+    finally:
+        if group is not None:
+            group.close()
+
+
+def open_run_folder(cfg: Config | None, resume: str | None, is_server: bool) -> tuple[RunFolder, Config]:
+    if resume is not None:
+        folder = RunFolder(resume)
+        if not folder.config_file.is_file():
+            raise PrivFedTalkError(
+                f"{resume}: not a run folder (no config.yaml); start a run with `privfedtalk train`"
+            )
+        cfg = folder.load_config()
+    folder = RunFolder(cfg.out_dir)
+    folder.path.mkdir(parents=True, exist_ok=True)
+    if resume is None and folder.exists():
+        raise PrivFedTalkError(
+            f"{folder.path}: already holds a run "
+            f"(continue it with --resume {folder.path}, or pick out_dir=...)"
+        )
+    if is_server:
+        folder.write_config(cfg)
+    return folder, cfg
+
+
+def build_federation(cfg, folder, group, clients, trainer_factory, on_release, on_client_done) -> Federation:
+    setup_torch(cfg.threads if group is None else group.threads(cfg.threads))
+    device = resolve_device(cfg.device)
+    if group is not None:
+        device = group.device(device)
+    torch.manual_seed(cfg.seed)  # adapter initialisation uses the global generator
+    model, encoder = build_federated_model(cfg, device)
+    store = ClientStore(folder.path)
+    specs = list(clients) if clients is not None else register_clients(cfg)
+    trainer = (trainer_factory or LocalTrainer)(cfg, model, encoder, store)
+    loader = ClientLoader(cfg, model, store)
+    if group is None:
+        backend = SequentialBackend(loader, trainer, cfg.seed, on_client_done)
+    else:
+        backend = parallel.DistributedBackend(group, loader, trainer, cfg.seed, on_client_done)
+    initial = get_flat(trainer.shared)
+    privacy = PrivacyMechanism(cfg, [s.client_id for s in specs], len(initial))
+    return Federation(
+        cfg, folder, model, encoder, store, specs, build_strategy(cfg), privacy, backend, initial, on_release
+    )
+
+
+def restore(fed: Federation) -> int:
+    """Load the last completed round's state; returns the number of rounds already done.
+
+    A run without DP (or with the seeded test setting) continues exactly as if never stopped. A DP run
+    continues with fresh OS randomness, so its remaining rounds differ from an uninterrupted run's; a
+    round interrupted after its sum could have been decoded is charged to the ledger as released.
+    """
+    global_state, info, tensors = fed.folder.load()
+    fed.global_state = global_state
+    fed.strategy.load_state_dict({**info.get("strategy", {}), **tensors})
+    fed.privacy.load_state_dict(info.get("privacy", {}))
+    pending = fed.folder.pending_release()
+    if pending is not None and fed.privacy.observer is not None:
+        fed.privacy.charge_interrupted(pending)
+    dropped = fed.store.discard_pending() if fed.backend.is_server else 0
+    fed.backend.barrier()  # stale adapters are gone before any process stages new ones
+    log.info(
+        "resuming %s after round %d (%d staged adapters of the unfinished round dropped)",
+        fed.folder.path,
+        info["completed_rounds"],
+        dropped,
+    )
+    return info["completed_rounds"]
+
+
+def log_plan(fed: Federation) -> None:
+    cfg, privacy = fed.cfg, fed.privacy
+    values = len(fed.global_state)
+    log.info(
+        "%d clients registered, %d per round (%s sampling), method=%s, federate=%s: %d shared values, "
+        "upload %.1f KB/client-round; privacy: %s",
+        len(fed.specs),
+        privacy.expected_clients,
+        cfg.federated.sampling,
+        cfg.federated.method,
+        cfg.federated.federate,
+        values,
+        upload_bytes(values, cfg.privacy) / 1e3,
+        privacy.guarantee,
+    )
+    if privacy.observer is not None:
+        # The noise vector's norm is σ·√d whatever the updates are, while the weighted sum of clipped
+        # updates has norm <= m·w_max·C: with few clients per round the noise dominates for any C.
+        sigma = privacy.noise_std()
+        log.info(
+            "DP: z = %.3f, clip C = %.3g, w_max = %.3g: noise std %.3g per value on the sum; noise norm "
+            "~%.3g vs at most %.3g of clipped signal (%d clients x w_max x C)",
+            privacy.noise_multiplier,
+            cfg.privacy.clip_norm,
+            privacy.weight_cap,
+            sigma,
+            sigma * math.sqrt(values),
+            privacy.expected_clients * privacy.weight_cap * cfg.privacy.clip_norm,
+            privacy.expected_clients,
+        )
+
+
+def run_rounds(fed: Federation, start: int) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    fed_cfg = fed.cfg.federated
+    writer = SummaryWriter(str(fed.folder.path / "tensorboard")) if fed.backend.is_server else None
+    try:
+        for round_index in tqdm(
+            range(start, fed_cfg.rounds),
+            desc="rounds",
+            initial=start,
+            total=fed_cfg.rounds,
+            disable=not fed.backend.is_server,
+        ):
+            record = run_round(fed, round_index)
+            last = round_index + 1 == fed_cfg.rounds
+            if fed.backend.is_server and fed_cfg.eval_every > 0 and fed_cfg.eval_clips > 0:
+                if (round_index + 1) % fed_cfg.eval_every == 0 or last:
+                    record["eval"] = evaluate_round(fed)
+            finish_round(fed, round_index, record, writer)
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def finish_round(fed: Federation, round_index: int, record: dict, writer) -> None:
+    """Promote the survivors' identity adapters, then (server) save the state and log the record."""
+    fed.backend.commit(list(fed.committed), fed.store)
+    fed.backend.barrier()  # every slot is committed before any process starts the next round
+    if not fed.backend.is_server:
+        return
+    strategy_state = fed.strategy.state_dict()
+    tensors = {k: v for k, v in strategy_state.items() if isinstance(v, torch.Tensor)}
+    info = {
+        "completed_rounds": round_index + 1,
+        "strategy": {k: v for k, v in strategy_state.items() if not isinstance(v, torch.Tensor)},
+        "privacy": fed.privacy.state_dict(),
+    }
+    fed.folder.save(fed.global_state, info, tensors)
+    fed.folder.append_record(record)
+    log_to_tensorboard(writer, record)
+
+
+def log_to_tensorboard(writer, record: dict) -> None:
     step = record["round"]
-    for key in (
-        "loss",
-        "tdc",
-        "update_norm",
-        "round_seconds",
-        "train_seconds",
-        "swap_seconds",
-        "secagg_seconds",
-        "upload_bytes",
-        "epsilon",
-        "peak_memory_mb",
-    ):
-        if record.get(key) is not None:
-            writer.add_scalar(f"round/{key}", record[key], step)
-    for client_id, weight in record.get("weights", {}).items():
+    for key, value in record.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            writer.add_scalar(f"round/{key}", value, step)
+    for client_id, weight in record.get("weights", {}).items():  # runs without DP only
         writer.add_scalar(f"weights/{client_id}", weight, step)
     for client_id, signals in record.get("signals", {}).items():
         for name, value in signals.items():
@@ -457,82 +353,23 @@ def log_round(writer, run_dir: Path, record: dict) -> None:
     for key, value in (record.get("eval") or {}).items():
         if isinstance(value, float):
             writer.add_scalar(f"eval/{key}", value, step)
-    with open(run_dir / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
 
 
-def evaluate_round(cfg, model, encoder, trainer, store, specs, server) -> dict:
-    """Quick held-out check with the current global state (client identity adapters off)."""
+def evaluate_round(fed: Federation) -> dict:
+    """Quick held-out check of the current global state (identity adapters off), by the experimenter.
+
+    It reads private clients' held-out clips: a measurement of the simulation, not part of what the
+    protocol releases (the benchmark evaluates at the end instead, with eval_every=0).
+    """
     from privfedtalk.evaluate import evaluate_clips
 
-    clips = heldout_clips(cfg, specs[: cfg.federated.eval_clips])
+    clips = heldout_clips(fed.cfg, fed.specs[: fed.cfg.federated.eval_clips])
     if not clips:
         return {}
-    saved = get_flat(trainer.shared)
-    set_flat(trainer.shared, server.global_shared)
-    with identity_adapter_off(model):
-        result = evaluate_clips(model, encoder, clips, seed=cfg.seed, controls=False)
-    set_flat(trainer.shared, saved)
+    saved = get_flat(fed.trainer.shared)
+    set_flat(fed.trainer.shared, fed.global_state)
+    with identity_adapter_off(fed.model):
+        result = evaluate_clips(fed.model, fed.encoder, clips, seed=fed.cfg.seed, controls=False)
+    set_flat(fed.trainer.shared, saved)
     result.pop("per_clip", None)
     return result
-
-
-class identity_adapter_off:
-    """Context: only the shared adapter is active (the global model without personalization)."""
-
-    def __init__(self, model):
-        self.unet = model.unet
-        self.had_identity = adapters.IDENTITY in getattr(self.unet, "peft_config", {})
-
-    def __enter__(self):
-        if self.had_identity:
-            adapters.use_shared_only(self.unet)
-        return self
-
-    def __exit__(self, *exc):
-        if self.had_identity:
-            adapters.use_all(self.unet)
-
-
-def heldout_clips(cfg, specs: list[ClientSpec]) -> list:
-    """The held-out clips (last `heldout_clips` of each identity) of the given clients."""
-    report = LoadReport()
-    out = []
-    for spec in specs:
-        for identity in spec.identities:
-            try:
-                clips = load_identity(
-                    cfg.data.root, identity, cfg.data.audio, size=cfg.data.size, report=report
-                )
-            except MediaError:
-                continue
-            if len(clips) > 1:
-                out += clips[max(1, len(clips) - cfg.data.heldout_clips) :]
-    return out
-
-
-def load_personalized_model(run_dir: str | Path, client_id: str | None, use_identity: bool = True):
-    """Pretrained backbone + the run's global shared state (+ a client's identity adapter)."""
-    run_dir = Path(run_dir)
-    state = RunState(run_dir)
-    if not state.exists():
-        raise PrivFedTalkError(f"{run_dir}: no completed round to load (train first, or check the path)")
-    cfg = load_config(run_dir / "config.yaml", schema=Config)
-    setup_torch(cfg.threads)
-    model, encoder = build_federated_model(cfg, resolve_device(cfg.device))
-    global_shared, _ = state.load()
-    set_flat(shared_parameters(model.unet, cfg.federated.federate), global_shared)
-    store = ClientStore(run_dir)
-    if client_id and use_identity and adapters.IDENTITY in model.unet.peft_config:
-        if not store.has_identity(client_id):
-            known = sorted(
-                p.name for p in store.root.glob("client*") if (p / "identity_adapter.safetensors").is_file()
-            )
-            raise PrivFedTalkError(
-                f"{run_dir}: client {client_id!r} has no identity adapter (trained: {known[:8]})"
-            )
-        adapters.load_adapter_state(model.unet, adapters.IDENTITY, store.load_identity(client_id))
-    elif adapters.IDENTITY in model.unet.peft_config:
-        adapters.use_shared_only(model.unet)
-    model.eval()
-    return model, encoder

@@ -1,4 +1,6 @@
-"""Per-client slots on disk: identity adapter and cached latents, as safetensors, written atomically."""
+"""What a run keeps on disk, written atomically: the run folder (config, global state after each
+completed round, metrics) and the per-client slots (identity adapter, cached latents, as safetensors).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import os
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
 
@@ -78,3 +81,84 @@ class ClientStore:
         return load_file(str(folder / "latents.safetensors")), json.loads(
             (folder / "latents.json").read_text()
         )
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """One JSON object per line; [] if the file is absent."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+GLOBAL_KEY = "global_shared"
+
+
+class RunFolder:
+    """A federated run's folder.
+
+    config.yaml; global_shared.safetensors (the global state plus the server optimizer's tensors) and
+    state.json (written last: it marks the round complete) after each completed round; metrics.jsonl
+    (one record per round); release_pending.json while a round's sum is being released, so that a
+    crash after the server could have seen the sum is still charged on resume.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.config_file = self.path / "config.yaml"
+        self.state_file = self.path / "state.json"
+        self.global_file = self.path / "global_shared.safetensors"
+        self.metrics_file = self.path / "metrics.jsonl"
+        self.pending_file = self.path / "release_pending.json"
+
+    def exists(self) -> bool:
+        return self.state_file.is_file() and self.global_file.is_file()
+
+    def completed_rounds(self) -> int:
+        return json.loads(self.state_file.read_text())["completed_rounds"] if self.state_file.is_file() else 0
+
+    def write_config(self, cfg) -> None:
+        atomic_write_text(OmegaConf.to_yaml(cfg), self.config_file)
+
+    def load_config(self):
+        from privfedtalk.config import Config, load_config
+
+        return load_config(self.config_file, schema=Config)
+
+    def signature(self) -> str | None:
+        """What makes two runs the same run (see config_signature); None without a config."""
+        if not self.config_file.is_file():
+            return None
+        return run_signature(self.load_config())
+
+    def save(self, global_state: torch.Tensor, info: dict, tensors: dict | None = None) -> None:
+        atomic_save_tensors({GLOBAL_KEY: global_state, **(tensors or {})}, self.global_file)
+        atomic_write_text(json.dumps(info), self.state_file)  # written last: it marks the round done
+        self.pending_file.unlink(missing_ok=True)
+
+    def load(self) -> tuple[torch.Tensor, dict, dict]:
+        """(global state, state.json, the other saved tensors)."""
+        tensors = load_file(str(self.global_file))
+        return tensors.pop(GLOBAL_KEY), json.loads(self.state_file.read_text()), tensors
+
+    def append_record(self, record: dict) -> None:
+        with open(self.metrics_file, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def records(self) -> list[dict]:
+        return read_jsonl(self.metrics_file)
+
+    def mark_pending_release(self, marker: dict) -> None:
+        atomic_write_text(json.dumps(marker), self.pending_file)
+
+    def pending_release(self) -> dict | None:
+        return json.loads(self.pending_file.read_text()) if self.pending_file.is_file() else None
+
+
+def run_signature(cfg) -> str:
+    """The whole config but its folder and thread count, as sorted JSON."""
+    from privfedtalk.config import config_signature
+
+    data = config_signature(cfg)
+    data.pop("out_dir", None)
+    data.pop("threads", None)
+    return json.dumps(data, sort_keys=True)

@@ -1,5 +1,6 @@
-"""Client-level differential privacy: update clipping, (distributed) Gaussian noise, ε accounting with
-dp_accounting (RDP and PLD), noise calibration, and the privacy treatment of the ISFA scalars.
+"""Client-level differential privacy as pure functions: clipping, noise sizes, ε accounting with
+dp_accounting (RDP and PLD) against an observer of the released models, ε against the aggregation
+server (no sampling amplification), and noise calibration. privacy/mechanism.py calls these at run time.
 """
 
 from __future__ import annotations
@@ -7,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Sequence
 
 import dp_accounting
 import numpy as np
@@ -25,12 +25,24 @@ REPLACE_ONE_SENSITIVITY_FACTOR = 2.0
 SAMPLING_SCHEMES = ("poisson", "fixed_size")
 ACCOUNTANTS = ("rdp", "pld")
 
-# ISFA scalars. Each client also reports an identity-consistency and a temporal-stability scalar,
-# clipped to [0, 1] and quantized to a few bits (quantize_unit_scalar). These are sent per client,
-# outside secure aggregation, so the server sees them individually. The ε of PrivacyAccountant covers
-# the model update only, NOT these scalars. If they must be private, each client adds Gaussian noise
-# (noisy_scalar) before quantizing, and scalar_release_epsilon gives the ε of that separate release;
-# quantization is post-processing and does not lower the sensitivity (a scalar can still move by 1).
+# ISFA scalars. The reliability signals are quantized on the client (quantize_unit_scalar). Under DP
+# they never leave it: each client computes its own capped weight (capped_weight below), so the
+# server needs neither the signals nor the sample count, and no budget is spent on them.
+
+
+# --------------------------------------------------------------------------------------------- weights
+
+
+def capped_weight(relative: float, expected_clients: float, reference_count: float) -> float:
+    """A client's private-round weight, min(r / n_ref, 1) / m: at most w_max = 1/m, fixed denominator.
+
+    The fixed-denominator estimator (McMahan et al. 2018) divides by the *expected* number of clients
+    instead of the realised total, so a client's weight depends on its own data alone: it can be
+    computed on the client, no client's presence changes another's weight, and with the cap one
+    client moves the sum by at most w_max·C (the DP sensitivity). A client with n_ref samples and the
+    best score gets exactly w_max. The weights sum to about 1 when clients are typical.
+    """
+    return min(float(relative) / reference_count, 1.0) / expected_clients
 
 
 # --------------------------------------------------------------------------------------------- clipping
@@ -65,37 +77,12 @@ def clip_to_norm(vector: np.ndarray, max_norm: float) -> tuple[np.ndarray, float
     return (values * values.dtype.type(factor)).astype(values.dtype, copy=False), norm
 
 
-def clip_tensors_to_norm(tensors: Sequence, max_norm: float) -> tuple[list, float]:
-    """Clip a list of torch tensors (e.g. one client's adapter deltas) jointly to global L2 norm <= max_norm.
-
-    Returns new detached tensors and the original global norm; inputs are not modified.
-    """
-    import torch
-
-    _check_max_norm(max_norm)
-    with torch.no_grad():
-        squares = sum(float(torch.sum(t.detach().double() ** 2)) for t in tensors)
-        norm = math.sqrt(squares)
-        coarsest_eps = max((torch.finfo(t.dtype).eps for t in tensors if t.is_floating_point()), default=0.0)
-        factor = _clip_factor(norm, max_norm, coarsest_eps)
-        return [(t.detach() * factor).to(t.dtype) for t in tensors], norm
-
-
 # --------------------------------------------------------------------------------------------- noise
 
 
 def gaussian_noise_std(noise_multiplier: float, clip_norm: float, max_weight: float = 1.0) -> float:
     """Std of the noise on the weighted sum: z * w_max * C (the add/remove-one sensitivity times z)."""
     return noise_multiplier * max_weight * clip_norm
-
-
-def gaussian_noise(shape, std: float, rng: np.random.Generator, dtype=np.float64) -> np.ndarray:
-    """N(0, std^2) noise of the given shape from an explicit generator (seed it for reproducibility)."""
-    if not (math.isfinite(std) and std >= 0):
-        raise PrivacyError(f"noise std must be finite and >= 0, got {std}")
-    if std == 0:
-        return np.zeros(shape, dtype=dtype)
-    return (rng.standard_normal(shape) * std).astype(dtype, copy=False)
 
 
 def distributed_noise_std(total_std: float, expected_clients: int) -> float:
@@ -301,6 +288,26 @@ class PrivacyAccountant:
         self._live = {}
 
 
+def known_participation_epsilon(inverse_square_multipliers: float, delta: float) -> float:
+    """ε against a party that knows in which rounds a client took part (the aggregation server).
+
+    That party draws (or sees) the sample, so sampling buys no amplification against it. Each round the
+    client took part in is a Gaussian mechanism on the sum with multiplier z_r = σ_r / sensitivity
+    (sensitivity w_max·C when the client's update is compared with none, as under Poisson sampling;
+    2·w_max·C for replace-one, as under fixed-size sampling: pass z_r / 2), and Gaussian mechanisms
+    compose exactly into one with multiplier (Σ_r z_r^-2)^(-1/2) (μ-GDP with μ² = Σ z_r^-2), whose
+    (ε, δ) is the analytic Gaussian one. `inverse_square_multipliers` is Σ_r z_r^-2 (0: never took
+    part, ε = 0; inf: a round without noise, ε = inf).
+    """
+    if not inverse_square_multipliers >= 0:
+        raise PrivacyError(f"sum of 1/z^2 must be >= 0, got {inverse_square_multipliers}")
+    if inverse_square_multipliers == 0:
+        return 0.0
+    if math.isinf(inverse_square_multipliers):
+        return math.inf
+    return float(dp_accounting.get_epsilon_gaussian(1.0 / math.sqrt(inverse_square_multipliers), delta))
+
+
 def calibrate_noise_multiplier(
     target_epsilon: float,
     rounds: int,
@@ -365,32 +372,3 @@ def quantize_unit_scalar(value: float, bits: int = 4) -> float:
         raise PrivacyError("cannot quantize a NaN scalar")
     levels = (1 << bits) - 1
     return round(min(max(value, 0.0), 1.0) * levels) / levels
-
-
-def noisy_scalar(value: float, std: float, rng: np.random.Generator) -> float:
-    """Clip to [0, 1] (sensitivity 1) and add N(0, std^2); quantize afterwards (post-processing)."""
-    if not (math.isfinite(std) and std >= 0):
-        raise PrivacyError(f"scalar noise std must be finite and >= 0, got {std}")
-    if math.isnan(value):
-        raise PrivacyError("cannot release a NaN scalar")
-    clipped = min(max(value, 0.0), 1.0)
-    return clipped + float(rng.normal(0.0, std)) if std > 0 else clipped
-
-
-def scalar_release_epsilon(std: float, releases: int, delta: float, scalars_per_release: int = 2) -> float:
-    """ε of one client's noised scalar reports over `releases` rounds (a separate budget from the model's).
-
-    Each report is `scalars_per_release` values in [0, 1] with N(0, std^2) each: a Gaussian mechanism
-    with L2 sensitivity sqrt(scalars_per_release). Gaussian compositions are exactly Gaussian, so R
-    reports equal one mechanism with std / sqrt(scalars_per_release * R) at sensitivity 1 (analytic
-    Gaussian ε). The server sees each client's report, so no amplification by sampling is claimed.
-    """
-    if releases < 0 or scalars_per_release < 1:
-        raise PrivacyError("releases must be >= 0 and scalars_per_release >= 1")
-    if releases == 0:
-        return 0.0
-    if not (math.isfinite(std) and std >= 0):
-        raise PrivacyError(f"scalar noise std must be finite and >= 0, got {std}")
-    if std == 0:
-        return math.inf
-    return float(dp_accounting.get_epsilon_gaussian(std / math.sqrt(scalars_per_release * releases), delta))

@@ -6,6 +6,7 @@ X25519 + HKDF-SHA256 pairwise seeds, AES-256-CTR masks, Shamir-shared keys for d
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import statistics
 import time
@@ -94,9 +95,31 @@ def seeded_random_bytes(seed: int, label: str) -> RandomBytes:
     return lambda n: encryptor.update(bytes(n))
 
 
-def default_threshold(num_clients: int) -> int:
-    """A strict majority, the usual choice: no minority of clients can reconstruct anyone's secrets."""
-    return num_clients // 2 + 1
+MIN_CLIENTS = 2  # a one-client "sum" is that client's vector: secure aggregation never runs below this
+
+
+def shamir_threshold(fraction: float, num_clients: int) -> int:
+    """t = ceil(fraction·n), at least 2 (t = 1 would let any one peer unmask anyone)."""
+    return max(MIN_CLIENTS, math.ceil(fraction * num_clients))
+
+
+def check_round(client_ids: Collection[ClientId], threshold: int, fixed_point: FixedPoint) -> list[ClientId]:
+    """The checks every secure-sum round passes before any key is drawn; returns the canonical order."""
+    order = _canonical_order(client_ids)
+    count = len(order)
+    if count < MIN_CLIENTS:
+        raise PrivacyError(
+            f"secure aggregation needs at least {MIN_CLIENTS} clients, got {count}: round skipped"
+        )
+    if not MIN_CLIENTS <= threshold <= count:
+        raise PrivacyError(
+            f"secure aggregation threshold must be in [{MIN_CLIENTS}, {count}], got {threshold}"
+        )
+    if fixed_point.max_clients is not None and count > fixed_point.max_clients:
+        raise PrivacyError(
+            f"fixed point was planned for {fixed_point.max_clients} clients, round has {count}: re-plan it"
+        )
+    return order
 
 
 def _canonical_order(client_ids: Collection[ClientId]) -> list[ClientId]:
@@ -329,21 +352,32 @@ class SecAggServer:
         return self._roster
 
     def receive_masked_input(self, client_id: ClientId, masked: np.ndarray) -> None:
+        self.receive_masked_sum([client_id], masked)
+
+    def receive_masked_sum(self, senders: Collection[ClientId], masked: np.ndarray) -> None:
+        """The masked inputs of `senders`, already added mod 2^64 (one client, or a process's clients).
+
+        A pre-summed input is still hidden by every sender's self mask; the server learns only who sent.
+        """
         if self._roster is None or self._survivors is not None:
             raise PrivacyError("masked input outside the masked-input phase")
-        self._roster.position(client_id)
-        if client_id in self._received:
-            raise PrivacyError(f"duplicate masked input from {client_id!r}")
+        senders = list(senders)
+        for client_id in senders:
+            self._roster.position(client_id)
+        if len(set(senders)) != len(senders) or set(senders) & set(self._received):
+            raise PrivacyError(f"duplicate masked input from {sorted(map(repr, senders))}")
+        if not senders:
+            return
         masked = np.asarray(masked)
         if masked.dtype != np.uint64 or masked.ndim != 1:
             raise PrivacyError("masked inputs must be flat uint64 vectors")
         if self._masked_sum is None:
             self._masked_sum = masked.copy()
         elif masked.shape != self._masked_sum.shape:
-            raise PrivacyError(f"masked input from {client_id!r} has the wrong length")
+            raise PrivacyError(f"masked input from {senders[0]!r} has the wrong length")
         else:
             np.add(self._masked_sum, masked, out=self._masked_sum)
-        self._received.append(client_id)
+        self._received.extend(senders)
 
     def request_unmasking(self) -> tuple[tuple[ClientId, ...], tuple[ClientId, ...]]:
         """Close the input phase: survivors are exactly the senders; inputs arriving later are refused."""
@@ -428,17 +462,7 @@ def prepare_round(
     rng_seed: int | None = None,
 ) -> tuple[SecAggServer, dict[ClientId, SecAggClient]]:
     """Validate the inputs and create the server and one client per vector (keys drawn here)."""
-    order = _canonical_order(client_vectors)
-    count = len(order)
-    if count < 2:
-        raise PrivacyError(f"secure aggregation needs at least 2 clients, got {count}: round skipped")
-    if not 2 <= threshold <= count:
-        # t = 1 would make each share equal to the secret: one peer could unmask anyone.
-        raise PrivacyError(f"secure aggregation threshold must be in [2, {count}], got {threshold}")
-    if fixed_point.max_clients is not None and count > fixed_point.max_clients:
-        raise PrivacyError(
-            f"fixed point was planned for {fixed_point.max_clients} clients, round has {count}: re-plan it"
-        )
+    order = check_round(client_vectors, threshold, fixed_point)
     shapes = {np.shape(client_vectors[c]) for c in order}
     if len(shapes) != 1:
         raise PrivacyError(f"client vectors must all have the same shape, got {sorted(shapes)}")

@@ -30,11 +30,9 @@ def test_preset_keys_load_and_its_backbone_takes_a_training_step(name):
     preset = presets()[name]
     inspect.signature(synthesize_corpus).bind("out", **preset["synth"])  # no unknown corpus keys
     size = preset["synth"]["size"]
-    on_cpu = ["device=cpu", "mixed_precision=no"]  # the GPU presets' keys, checked here on a CPU
-    load_config(EXPERIMENTS / "configs" / "fedavg.yaml", list(preset["federated"]) + on_cpu)
-    cfg = load_config(
-        EXPERIMENTS / "configs" / "pretrain.yaml", [f"data.size={size}"] + list(preset["pretrain"]) + on_cpu
-    )
+    on_cpu = ["device=cpu", "mixed_precision=fp32"]  # the GPU presets' keys, checked here on a CPU
+    load_config("fedavg", list(preset["federated"]) + on_cpu)
+    cfg = load_config("pretrain", [f"data.size={size}"] + list(preset["pretrain"]) + on_cpu)
     torch.manual_seed(0)
     model = TalkingHeadGenerator.from_config(cfg)
     frames = np.random.default_rng(0).integers(0, 256, (2, size, size, 3), dtype=np.uint8)

@@ -107,7 +107,7 @@ def test_two_process_run_equals_sequential(tiny_federated_config, tmp_path):
     OmegaConf.save(cfg, tmp_path / "par.yaml")
 
     port = free_port()
-    command = [sys.executable, "-m", "privfedtalk.federated.parallel", str(tmp_path / "par.yaml")]
+    command = [sys.executable, "-m", "privfedtalk.federated.launch", str(tmp_path / "par.yaml")]
     envs = [{**os.environ, **rank_env(r, 2, port)} for r in (0, 1)]
     procs = [subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE) for env in envs]
     try:
@@ -125,4 +125,4 @@ def test_two_process_run_equals_sequential(tiny_federated_config, tmp_path):
     assert [r["round"] for r in records] == [1, 2]  # written once, by rank 0
     assert all(len(r["rank_seconds"]) == 2 for r in records)
     slots = sorted(p.parent.name for p in (run / "clients").glob("*/identity_adapter.safetensors"))
-    assert slots == sorted({c for r in records for c in r["survivors"]})
+    assert slots == sorted({c for r in records for c in r["survivor_ids"]})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import pytest
 import torch
 
 from privfedtalk.runtime import Precision, peak_memory_mb, resolve_device
@@ -13,9 +14,9 @@ def test_fp16_on_cpu_warns_and_trains_in_fp32(caplog):
     with caplog.at_level(logging.WARNING, logger="privfedtalk"):
         precision = Precision(torch.device("cpu"), "fp16")
     assert "running fp32 on cpu" in caplog.text
-    assert precision.accelerator.mixed_precision == "no"
+    assert precision.label == "fp32" and precision.scaler is None
     layer = torch.nn.Linear(4, 1)
-    optimizer = precision.prepare(torch.optim.SGD(layer.parameters(), lr=0.1))
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
     before = layer.weight.detach().clone()
     with precision.autocast():
         loss = layer(torch.ones(2, 4)).pow(2).mean()
@@ -26,7 +27,7 @@ def test_fp16_on_cpu_warns_and_trains_in_fp32(caplog):
 
 def test_cuda_request_without_cuda_falls_back_to_cpu(caplog):
     if torch.cuda.is_available():
-        return
+        pytest.skip("needs a machine without CUDA")
     with caplog.at_level(logging.WARNING, logger="privfedtalk"):
         assert resolve_device("cuda").type == "cpu"
     assert "not available" in caplog.text
@@ -40,7 +41,6 @@ def test_cpu_peak_memory_is_per_process_and_resettable():
     from pathlib import Path
 
     import numpy as np
-    import pytest
 
     if not Path("/proc/self/clear_refs").exists():
         pytest.skip("needs Linux /proc")
@@ -56,3 +56,12 @@ def test_cpu_peak_memory_is_per_process_and_resettable():
     del block
     Path("/proc/self/clear_refs").write_text("5")
     assert peak_memory_mb() < parent_peak - 300
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fp16_on_cuda_autocasts_and_scales():
+    precision = Precision(torch.device("cuda"), "fp16")
+    layer = torch.nn.Linear(4, 1).cuda()
+    with precision.autocast():
+        out = layer(torch.ones(2, 4, device="cuda"))
+    assert out.dtype == torch.float16 and precision.scaler is not None

@@ -6,23 +6,20 @@ import math
 import dp_accounting
 import numpy as np
 import pytest
-import torch
 from dp_accounting import rdp
 
 from privfedtalk.errors import PrivacyError
 from privfedtalk.privacy.dp import (
     PrivacyAccountant,
     calibrate_noise_multiplier,
-    clip_tensors_to_norm,
     clip_to_norm,
     distributed_noise_std,
     effective_noise_multiplier,
-    gaussian_noise,
     gaussian_noise_std,
-    noisy_scalar,
+    known_participation_epsilon,
     quantize_unit_scalar,
-    scalar_release_epsilon,
 )
+from privfedtalk.privacy.noise import RandomSource
 
 DELTA = 1e-5
 
@@ -55,34 +52,20 @@ def test_clip_rejects_bad_inputs():
         clip_to_norm(np.ones(3), 0.0)
 
 
-def test_clip_tensors_uses_the_global_norm():
-    generator = torch.Generator().manual_seed(0)
-    tensors = [torch.randn(30, 4, generator=generator), torch.randn(7, generator=generator) * 10]
-    clipped, norm = clip_tensors_to_norm(tensors, 2.0)
-    expected_norm = math.sqrt(sum(float((t.double() ** 2).sum()) for t in tensors))
-    assert norm == pytest.approx(expected_norm)
-    clipped_norm = math.sqrt(sum(float((t.double() ** 2).sum()) for t in clipped))
-    assert clipped_norm <= 2.0 and clipped_norm == pytest.approx(2.0, rel=1e-5)
-    assert all(c.dtype == t.dtype and c.shape == t.shape for c, t in zip(clipped, tensors))
-    assert torch.allclose(clipped[1] / clipped[1].norm(), tensors[1] / tensors[1].norm(), atol=1e-6)
-
-
 # --------------------------------------------------------------------------------------------- noise
 
 
-def test_gaussian_noise_has_the_requested_std_and_is_reproducible():
-    noise = gaussian_noise((200_000,), 0.3, np.random.default_rng(1))
-    assert np.std(noise) == pytest.approx(0.3, rel=0.01) and abs(np.mean(noise)) < 0.005
-    assert np.array_equal(noise, gaussian_noise((200_000,), 0.3, np.random.default_rng(1)))
-    assert gaussian_noise((3, 2), 0.0, np.random.default_rng(1)).tolist() == [[0.0, 0.0]] * 3
-    assert gaussian_noise_std(1.1, clip_norm=0.5, max_weight=2.0) == pytest.approx(1.1)
+def test_noise_std_is_z_times_weight_cap_times_clip():
+    # Three distinct factors, so a formula that drops or swaps one of them gives another number.
+    assert gaussian_noise_std(1.1, clip_norm=0.5, max_weight=0.25) == pytest.approx(0.1375)
+    assert gaussian_noise_std(2.0, clip_norm=0.05) == pytest.approx(0.1)
 
 
 def test_distributed_noise_sums_to_the_central_std_and_drops_with_dropouts():
     total_std, expected = 2.0, 16
     per_client = distributed_noise_std(total_std, expected)
-    rng = np.random.default_rng(2)
-    shares = [gaussian_noise((100_000,), per_client, rng) for _ in range(expected)]
+    source = RandomSource.from_os_entropy()
+    shares = [source.normal((100_000,), per_client) for _ in range(expected)]
     assert np.std(np.sum(shares, axis=0)) == pytest.approx(total_std, rel=0.02)
     # Only 9 of 16 clients report: the sum carries std * sqrt(9/16).
     assert np.std(np.sum(shares[:9], axis=0)) == pytest.approx(total_std * 0.75, rel=0.02)
@@ -212,16 +195,17 @@ def test_quantize_unit_scalar():
     assert abs(quantize_unit_scalar(0.4, bits=4) - 0.4) <= 0.5 / 15
 
 
-def test_noisy_scalar_and_its_separate_epsilon():
-    rng = np.random.default_rng(3)
-    samples = [noisy_scalar(0.7, 0.2, rng) for _ in range(20_000)]
-    assert np.mean(samples) == pytest.approx(0.7, abs=0.01) and np.std(samples) == pytest.approx(
-        0.2, rel=0.03
-    )
-    assert noisy_scalar(1.5, 0.0, rng) == 1.0
-    # One release of two scalars is a Gaussian mechanism with sensitivity sqrt(2).
-    single = scalar_release_epsilon(4.0, releases=1, delta=DELTA, scalars_per_release=2)
-    assert single == pytest.approx(dp_accounting.get_epsilon_gaussian(4.0 / math.sqrt(2), DELTA))
-    assert scalar_release_epsilon(4.0, releases=10, delta=DELTA) > single
-    assert scalar_release_epsilon(0.0, releases=1, delta=DELTA) == math.inf
-    assert scalar_release_epsilon(4.0, releases=0, delta=DELTA) == 0.0
+# --------------------------------------------------------------------------------------------- the server's ε
+
+
+@pytest.mark.parametrize("rounds", [1, 2, 6])
+def test_known_participation_epsilon_is_the_composed_gaussian(rounds):
+    """Against the server (no amplification): k rounds at z equal dp_accounting's composition of k
+    Gaussian mechanisms (PLD, independent of the μ-GDP shortcut)."""
+    z = 1.083
+    ours = known_participation_epsilon(rounds / z**2, DELTA)
+    reference = dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-4)
+    reference.compose(dp_accounting.GaussianDpEvent(z), rounds)
+    assert ours == pytest.approx(reference.get_epsilon(DELTA), rel=2e-3)
+    assert known_participation_epsilon(0.0, DELTA) == 0.0
+    assert known_participation_epsilon(math.inf, DELTA) == math.inf

@@ -12,11 +12,11 @@ from privfedtalk.privacy.secagg import (
     MaskExpander,
     SecAggClient,
     SecAggServer,
-    default_threshold,
     prepare_round,
     run_secure_aggregation,
     secure_weighted_sum,
     seeded_random_bytes,
+    shamir_threshold,
 )
 
 DIM = 1000
@@ -44,7 +44,11 @@ def test_unmasked_sum_equals_plain_weighted_sum(num_clients):
     vectors = weighted_updates(num_clients, seed=num_clients)
     fixed_point = plan_fixed_point(2.0, num_clients)
     result = secure_weighted_sum(
-        vectors, round_id=7, threshold=default_threshold(num_clients), fixed_point=fixed_point, rng_seed=11
+        vectors,
+        round_id=7,
+        threshold=shamir_threshold(0.67, num_clients),
+        fixed_point=fixed_point,
+        rng_seed=11,
     )
     expected = np.sum([v.astype(np.float64) for v in vectors.values()], axis=0)
     assert result.total.shape == (DIM,) and result.total.dtype == np.float64

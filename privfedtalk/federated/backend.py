@@ -1,0 +1,125 @@
+"""Backends: where a round's clients train and how their vectors are summed.
+
+`run_round` asks a backend to train the sampled clients, to agree on the roster, to gather reports,
+and to sum vectors (securely or plainly); it never asks which backend it has. `SequentialBackend`
+runs every client in this process; `parallel.DistributedBackend` shards them over torch.distributed
+processes; a Flower backend implements the same methods over Flower messages.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from privfedtalk.errors import MediaError
+from privfedtalk.federated.client import ClientUpdate, LocalReport
+from privfedtalk.federated.clients import client_seed
+from privfedtalk.privacy.fixed_point import FixedPoint
+from privfedtalk.privacy.secagg import SecureSumResult, secure_weighted_sum
+
+log = logging.getLogger("privfedtalk")
+
+
+@dataclass
+class LocalResult:
+    """A client's outcome of local training: its update (for the privacy step) and its diagnostics."""
+
+    update: ClientUpdate
+    report: LocalReport
+
+
+class SequentialBackend:
+    """Every client in this process, one after another; sums are computed here."""
+
+    is_server = True
+
+    def __init__(self, loader, trainer, seed: int, on_client_done=None):
+        self.loader = loader
+        self.trainer = trainer
+        self.seed = seed
+        self.on_client_done = on_client_done
+        self._order: dict[str, int] = {}
+
+    # -- local training ---------------------------------------------------------------------------
+    def clients_here(self, sampled: list) -> list:
+        """Of the sampled clients, those this process trains."""
+        return sampled
+
+    def train(self, sampled: list, instructions, global_state, round_index: int) -> dict[str, LocalResult]:
+        """Train this process's share of the sampled clients from the global state; results by id."""
+        self._order = {spec.client_id: i for i, spec in enumerate(sampled)}
+        results = {}
+        here = self.clients_here(sampled)
+        for spec in tqdm(
+            here, desc=f"round {round_index + 1} clients", leave=False, disable=not self.is_server
+        ):
+            try:
+                data = self.loader.load(spec)
+            except MediaError as err:
+                log.warning("round %d: %s skipped: %s", round_index + 1, spec.client_id, err)
+                continue
+            seed = client_seed(self.seed, round_index, spec.client_id)
+            update, report = self.trainer.run(data, global_state, round_index, seed, instructions)
+            results[spec.client_id] = LocalResult(update, report)
+            if self.on_client_done is not None:
+                self.on_client_done(round_index, spec.client_id)
+        return results
+
+    # -- agreeing on the round ----------------------------------------------------------------------
+    def _in_sampled_order(self, client_ids) -> list:
+        return sorted(client_ids, key=lambda c: self._order[c])
+
+    def roster(self, accepted: list[str]) -> list[str]:
+        """Every process's clients that will send an update, in sampled order (identical everywhere)."""
+        return self._in_sampled_order(accepted)
+
+    def gather_reports(self, reports: list) -> list:
+        """Every client's report, in sampled order (the server normalises weights from them)."""
+        return sorted(reports, key=lambda r: self._order[r.client_id])
+
+    def merge(self, mapping: dict) -> dict:
+        """Per-client diagnostics of every process (for the record of a run without DP)."""
+        return dict(mapping)
+
+    # -- sums -------------------------------------------------------------------------------------
+    def secure_sum(
+        self,
+        vectors: dict,
+        roster: list[str],
+        fixed_point: FixedPoint,
+        threshold: int,
+        round_index: int,
+        dropped: list[str],
+        size: int,
+    ) -> SecureSumResult:
+        """Masked sum of the roster's vectors; `dropped` share keys, then send nothing."""
+        return secure_weighted_sum(
+            {c: vectors[c] for c in roster},
+            round_id=round_index,
+            threshold=threshold,
+            fixed_point=fixed_point,
+            dropped=dropped,
+        )
+
+    def plain_sum(self, vectors: dict, survivors: list[str], size: int) -> np.ndarray:
+        """Unmasked sum: no secure aggregation, or a DP round of one client (its vector is fully noised)."""
+        total = np.zeros(size, dtype=np.float64)
+        for client_id in survivors:
+            total += vectors[client_id]
+        return total
+
+    def rank_stats(self, seconds: float, peak_mb: float) -> dict:
+        """Per-process wall time and peak memory of the round (empty for one process)."""
+        return {}
+
+    # -- after the round ----------------------------------------------------------------------------
+    def commit(self, client_ids: list[str], store) -> None:
+        """Promote the identity adapters this process staged for `client_ids` (it owns their slots)."""
+        for client_id in client_ids:
+            store.commit_identity(client_id)
+
+    def barrier(self) -> None:
+        pass

@@ -1,0 +1,144 @@
+"""Who the clients are (a partition of the private identities), how a round samples them, and how a
+client's data is loaded on its turn (latents cached in its slot, so memory stays flat)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from privfedtalk.config import Config, Sampling
+from privfedtalk.data.corpus import LoadReport, load_identity, read_split, split_heldout
+from privfedtalk.errors import MediaError, PrivFedTalkError
+from privfedtalk.federated.client import ClientData
+from privfedtalk.federated.store import ClientStore
+from privfedtalk.model.latents import LatentClip
+from privfedtalk.privacy.noise import RandomSource
+
+log = logging.getLogger("privfedtalk")
+
+
+@dataclass
+class ClientSpec:
+    """A registered client: which private identities it owns and how many of their clips it keeps."""
+
+    client_id: str
+    identities: list[str]
+    keep_fraction: float = 1.0
+
+
+def register_clients(cfg: Config) -> list[ClientSpec]:
+    """Partition the private identities into clients (seeded); cheap: no media is read here."""
+    split = read_split(cfg.data.root)
+    if split is None:
+        raise PrivFedTalkError(f"{cfg.data.root}: no split.json naming the private identities (see README)")
+    identities = list(split["private"])
+    if not identities:
+        raise PrivFedTalkError(f"{cfg.data.root}/split.json: 'private' is empty (clients need identities)")
+    part = cfg.federated.partition
+    rng = np.random.default_rng(cfg.seed)
+    order = (
+        list(rng.permutation(len(identities))) if part.identities_per_client > 1 else range(len(identities))
+    )
+    groups = [
+        [identities[i] for i in list(order)[k : k + part.identities_per_client]]
+        for k in range(0, len(identities), part.identities_per_client)
+    ]
+    specs = []
+    for index, group in enumerate(groups):
+        keep = float(rng.uniform(0.25, 1.0)) if part.unequal else 1.0
+        specs.append(ClientSpec(f"client{index:04d}", group, keep))
+    return specs
+
+
+def sample_clients(
+    specs: list[ClientSpec], scheme: Sampling, clients_per_round: int, source: RandomSource
+) -> list[ClientSpec]:
+    """The accountant's sampling scheme: exactly m of N without replacement, or Poisson with q = m/N.
+
+    `source` decides whether anyone else can know the sample (see PrivacyMechanism.sampling_source).
+    """
+    m = min(clients_per_round, len(specs))
+    if scheme == Sampling.poisson:
+        chosen = np.flatnonzero(source.uniform(len(specs)) < m / len(specs))
+    else:
+        chosen = source.choice(len(specs), m)
+    return [specs[i] for i in chosen]
+
+
+def client_seed(seed: int, round_index: int, client_id: str) -> int:
+    """The seed of a client's local training randomness (windows, timesteps, noise of the loss).
+
+    Not privacy randomness: the DP guarantee holds whatever a client's training draws are.
+    """
+    return int(np.random.default_rng([seed, round_index, int(client_id[len("client") :])]).integers(2**62))
+
+
+class ClientLoader:
+    """Loads a client's clips on its turn and caches their latents in its slot (memory stays flat)."""
+
+    def __init__(self, cfg: Config, model, store: ClientStore):
+        self.cfg = cfg
+        self.model = model
+        self.store = store
+
+    def load(self, spec: ClientSpec) -> ClientData:
+        cached = self.store.load_latents(spec.client_id)
+        if cached is None:
+            cached = self._encode(spec)
+        tensors, index = cached
+        train = [
+            LatentClip(
+                c["identity"], c["name"], tensors[f"{i}.latents"], tensors[f"{i}.features"], None, None, None
+            )
+            for i, c in enumerate(index["train"])
+        ]
+        return ClientData(spec.client_id, spec.identities, train, index["heldout"])
+
+    def _encode(self, spec: ClientSpec):
+        data = self.cfg.data
+        report = LoadReport()
+        train_clips, heldout = [], []
+        for identity in spec.identities:
+            try:
+                clips = load_identity(data.root, identity, data.audio, size=data.size, report=report)
+            except MediaError as err:
+                log.warning("%s", err)
+                continue
+            keep, held = split_heldout(clips, data.heldout_clips)
+            heldout += [f"{identity}/{c.name}" for c in held]
+            n_keep = max(1, int(round(len(keep) * spec.keep_fraction)))
+            train_clips += keep[:n_keep]
+        if report.skipped:
+            log.warning("%s: %s", spec.client_id, report.summary())
+        if not train_clips:
+            raise MediaError(
+                f"{data.root}/{','.join(spec.identities)}",
+                "client has no usable training clips",
+                "add clips with audio to its identity folders",
+            )
+        tensors, index = {}, {"train": [], "heldout": heldout}
+        for i, clip in enumerate(train_clips):
+            tensors[f"{i}.latents"] = self.model.encode_frames(clip.frames)
+            tensors[f"{i}.features"] = torch.as_tensor(clip.features, dtype=torch.float32)
+            index["train"].append({"identity": clip.identity, "name": clip.name})
+        self.store.save_latents(spec.client_id, tensors, index)
+        return tensors, index
+
+
+def heldout_clips(cfg: Config, specs: list[ClientSpec]) -> list:
+    """The held-out clips (see split_heldout) of the given clients' identities."""
+    report = LoadReport()
+    out = []
+    for spec in specs:
+        for identity in spec.identities:
+            try:
+                clips = load_identity(
+                    cfg.data.root, identity, cfg.data.audio, size=cfg.data.size, report=report
+                )
+            except MediaError:
+                continue
+            out += split_heldout(clips, cfg.data.heldout_clips)[1]
+    return out
