@@ -1,6 +1,7 @@
 """Evaluation metrics: frame quality, mouth-region sync and Fréchet distance on features."""
 
 from privfedtalk.metrics.frechet import frechet_distance, frechet_from_stats, gaussian_stats
+from privfedtalk.metrics.membership import roc_auc, roc_curve, tpr_at_fpr
 from privfedtalk.metrics.sync import lag_correlation, lip_sync_scores, pearson
 from privfedtalk.metrics.video import (
     as_float_video,
@@ -26,6 +27,9 @@ __all__ = [
     "mouth_opening",
     "pearson",
     "psnr",
+    "roc_auc",
+    "roc_curve",
     "ssim",
     "temporal_jitter",
+    "tpr_at_fpr",
 ]
