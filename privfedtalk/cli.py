@@ -28,6 +28,9 @@ def cmd_synth(args) -> None:
         public_fraction=args.public_fraction,
         private_clips=args.private_clips,
         private_mouth_lag=args.private_mouth_lag,
+        corruption=args.corruption,
+        corrupt_fraction=args.corrupt_fraction,
+        heldout_clips=args.heldout_clips,
     )
     split = info["split"]
     log.info(
@@ -37,6 +40,13 @@ def cmd_synth(args) -> None:
         len(split["private"]),
         args.out,
     )
+    if info["corruption"]:
+        damaged = info["corruption"]["identities"]
+        log.info(
+            "corrupted the training clips of %d private identities: %s (recorded in split.json)",
+            len(damaged),
+            ", ".join(f"{ident} ({entry['kind']})" for ident, entry in damaged.items()) or "none",
+        )
 
 
 def cmd_pretrain(args) -> None:
@@ -203,6 +213,28 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="frames by which private identities' mouths trail their audio (a domain shift; default 0)",
+    )
+    p.add_argument(
+        "--corruption",
+        nargs="+",
+        metavar="KIND",
+        default=None,
+        help="damage the training clips of some private identities: audio_shift (audio moved 3-6 frames), "
+        "identity (half the frames show another identity), occlusion (a box over the face on half the "
+        "frames), temporal (per-frame head jitter and brightness flicker); several kinds are dealt out "
+        "in turn",
+    )
+    p.add_argument(
+        "--corrupt-fraction",
+        type=float,
+        default=0.0,
+        help="share of private identities to corrupt, in [0, 1] (at least one when > 0; default 0)",
+    )
+    p.add_argument(
+        "--heldout-clips",
+        type=int,
+        default=1,
+        help="last clips of each identity kept clean for evaluation; match data.heldout_clips (default 1)",
     )
     p.set_defaults(func=cmd_synth)
 

@@ -7,15 +7,28 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
 from scipy.signal import iirpeak, lfilter
 
 from privfedtalk.data.media import write_video
+from privfedtalk.errors import ConfigError
 
-__all__ = ["synthesize_corpus", "render_clip", "synth_speech", "identity_name", "clip_name", "SS"]
+__all__ = [
+    "synthesize_corpus",
+    "render_clip",
+    "synth_speech",
+    "identity_name",
+    "clip_name",
+    "training_clip_count",
+    "Corruption",
+    "CORRUPTION_PARAMETERS",
+    "SS",
+]
 
 SS = 4  # supersampling factor: shapes are rasterised at SS x resolution, then box-averaged
 SAMPLE_RATE = 16000
@@ -508,6 +521,137 @@ def _mouth_box(face: _Face, offsets: np.ndarray) -> list[int]:
     return [max(0, x0), max(0, y0), min(s, x1), min(s, y1)]
 
 
+# ------------------------------------------------------------------------------------------ corruptions
+
+
+class Corruption(str, Enum):
+    """How a corrupted client's training clips are damaged (see CORRUPTION_PARAMETERS for the strengths)."""
+
+    AUDIO_SHIFT = "audio_shift"  # the audio track is moved against the video: wrong lip timing
+    IDENTITY = "identity"  # a block of frames shows another identity of the corpus
+    OCCLUSION = "occlusion"  # a block of frames has a flat box over the face, brows to chin
+    TEMPORAL = "temporal"  # per-frame head-position jitter and brightness flicker
+
+
+# Strengths, chosen so each corruption is plain to the detector-free checks at 32x32 and 64x64 (see
+# tests/data/test_data_corruptions.py); pixel amounts are at 64x64 and scale with the frame size.
+CORRUPTION_PARAMETERS = {
+    Corruption.AUDIO_SHIFT: {"min_frames": 3, "max_frames": 6},  # |offset| in frames, random sign
+    Corruption.IDENTITY: {"frame_share": 0.5},  # one contiguous block, never frame 0
+    Corruption.OCCLUSION: {"frame_share": 0.5},
+    # Head jitter uniform in +-jitter_px per axis and frame; brightness gain uniform in 1 +- flicker.
+    Corruption.TEMPORAL: {"jitter_px": 2.0, "flicker": 0.2},
+}
+
+
+def training_clip_count(clips: int, heldout_clips: int) -> int:
+    """How many of an identity's clips (the first ones) a client trains on; the rest are held out.
+
+    The same rule as `federated.simulation.ClientLoader`: a single clip is trained on, otherwise at least one.
+    """
+    return max(1, clips - heldout_clips) if clips > 1 else clips
+
+
+def _parse_corruptions(corruption, corrupt_fraction: float) -> list[Corruption]:
+    if corruption is None:
+        kinds = []
+    else:
+        raw = [corruption] if isinstance(corruption, (str, Corruption)) else list(corruption)
+        kinds = []
+        for value in raw:
+            try:
+                kinds.append(Corruption(value))
+            except ValueError:
+                choices = ", ".join(k.value for k in Corruption)
+                raise ConfigError(f"unknown corruption {value!r} (choose from {choices})") from None
+    fraction = float(corrupt_fraction)
+    if not 0.0 <= fraction <= 1.0:  # also rejects nan
+        raise ConfigError(f"corrupt fraction must be in [0, 1], got {corrupt_fraction}")
+    if fraction > 0.0 and not kinds:
+        raise ConfigError(f"corrupt fraction {fraction} needs a corruption kind (e.g. --corruption temporal)")
+    return kinds
+
+
+def _choose_corrupted(seed: int, private: list[str], kinds: list[Corruption], fraction: float) -> dict:
+    """{identity: kind} for round(fraction * len(private)) private identities (at least 1 if fraction > 0).
+
+    The order depends only on (seed, number of private identities), so a smaller fraction corrupts a
+    subset of a larger one; kinds are dealt out in turn when several are given.
+    """
+    if not kinds or fraction == 0.0 or not private:
+        return {}
+    count = max(1, int(math.floor(fraction * len(private) + 0.5)))
+    order = np.random.default_rng([seed, len(private), 0xC0]).permutation(len(private))
+    return {private[int(i)]: kinds[n % len(kinds)] for n, i in enumerate(order[:count])}
+
+
+def _frame_block(rng: np.random.Generator, num: int, share: float) -> np.ndarray:
+    """Indices of one contiguous block of round(share * num) frames that never includes frame 0."""
+    length = min(max(1, int(round(share * num))), num - 1)
+    start = int(rng.integers(1, num - length + 1))
+    return np.arange(start, start + length)
+
+
+def _delay_audio(audio: np.ndarray, samples: int) -> np.ndarray:
+    """audio moved later by `samples` (earlier if negative), same length, silence where nothing is left."""
+    out = np.zeros_like(audio)
+    if samples >= 0:
+        out[samples:] = audio[: audio.size - samples]
+    else:
+        out[: audio.size + samples] = audio[-samples:]
+    return out
+
+
+def _shift_audio(rng, audio: np.ndarray, fps: float) -> tuple[np.ndarray, dict]:
+    p = CORRUPTION_PARAMETERS[Corruption.AUDIO_SHIFT]
+    frames = int(rng.integers(p["min_frames"], p["max_frames"] + 1)) * (1 if rng.random() < 0.5 else -1)
+    samples = int(round(frames * SAMPLE_RATE / fps))
+    record = {"audio_offset_frames": frames, "audio_offset_samples": samples}
+    return _delay_audio(audio, samples), record
+
+
+def _contaminate_identity(rng, frames, seed, k, identities, size, mouth, offsets, blink) -> dict:
+    """Replace a block of frames (in place) with another identity speaking with the same mouth and motion."""
+    others = [j for j in range(identities) if j != k]
+    source = others[int(rng.integers(len(others)))]
+    block = _frame_block(rng, len(frames), CORRUPTION_PARAMETERS[Corruption.IDENTITY]["frame_share"])
+    face = _make_face(seed, source, size)
+    frames[block] = render_clip(face, mouth[block], offsets[block], blink[block])
+    return {"source_identity": identity_name(source), "frames": block.tolist()}
+
+
+# Object colours far from every skin tone, all with luminance 0.30-0.40 (above the 0.25 mouth cut).
+_OCCLUDER = [(0.12, 0.30, 0.80), (0.15, 0.55, 0.25), (0.50, 0.20, 0.65), (0.20, 0.45, 0.50)]
+
+
+def _occlude(rng, frames, face: _Face, offsets) -> dict:
+    """Cover the face from brows to chin (moving with the head) with a flat box on a block of frames."""
+    block = _frame_block(rng, len(frames), CORRUPTION_PARAMETERS[Corruption.OCCLUSION]["frame_share"])
+    color = np.rint(np.asarray(_OCCLUDER[int(rng.integers(len(_OCCLUDER)))]) * 255.0).astype(np.uint8)
+    u = face.size / 64.0
+    box = [
+        face.cx - 0.85 * face.hx,
+        face.eye_y - face.eye_ry - 3.0 * u,
+        face.cx + 0.85 * face.hx,
+        face.cy + 0.85 * face.hy,
+    ]
+    for t in block:
+        dx, dy = offsets[t]
+        x0, x1 = (max(0, int(round(v + dx))) for v in (box[0], box[2]))
+        y0, y1 = (max(0, int(round(v + dy))) for v in (box[1], box[3]))
+        frames[t, y0:y1, x0:x1] = color
+    return {"frames": block.tolist(), "box": [round(float(v), 3) for v in box], "color": color.tolist()}
+
+
+def _temporal_noise(rng, num: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame head jitter (num, 2) in whole subpixels and brightness gains (num,)."""
+    p = CORRUPTION_PARAMETERS[Corruption.TEMPORAL]
+    reach = int(round(p["jitter_px"] * size / 64.0 * SS))
+    jitter = rng.integers(-reach, reach + 1, (num, 2)) / SS
+    gain = np.round(1.0 + rng.uniform(-p["flicker"], p["flicker"], num), 4)
+    return jitter, gain
+
+
 def synthesize_corpus(
     out_dir,
     identities: int = 12,
@@ -519,23 +663,51 @@ def synthesize_corpus(
     public_fraction: float = 0.5,
     private_clips: int | None = None,
     private_mouth_lag: int = 0,
+    corruption: str | Corruption | Sequence[str | Corruption] | None = None,
+    corrupt_fraction: float = 0.0,
+    heldout_clips: int = 1,
 ) -> dict:
     """Write the synthetic corpus and return its manifest.
 
     Layout: out_dir/<idNNN>/<clipNN>.mp4 (h264 + AAC mono 16 kHz), <clipNN>.json ground truth, and
     out_dir/split.json {"public": [...], "private": [...]}. Identity k and its clip c depend only on
     (seed, k, c, seconds, fps, size), not on how many identities or clips are requested.
-    Returns {"root", "identities", "split", "clips": {identity: [relative mp4 paths]}, "fps", "size", ...}.
+    Returns {"root", "identities", "split", "corruption" (split.json's record or None), "clips": {identity:
+    [relative mp4 paths]}, "fps", "size", ...}.
     `private_clips` (default `clips`) sets the clip count of private identities: many public identities
     with few clips each make a backbone that generalizes, while clients need several clips each.
     `private_mouth_lag` > 0 makes the private identities' mouths trail their audio by that many frames
     (a speaking style the public backbone never saw): a domain shift that federated adapters can learn
     from all clients' data, while each client alone has only its own few clips.
+
+    Corruption scenarios (unreliable clients): `corruption` names one kind or several (a `Corruption`
+    or its value: audio_shift, identity, occlusion, temporal), `corrupt_fraction` in [0, 1] the share
+    of private identities (clients) whose TRAINING clips are damaged; with several kinds the chosen
+    identities take them in turn. Held-out clips (the last `heldout_clips`, as in `data.heldout_clips`)
+    stay clean, public identities are never corrupted, and every clean clip is byte-for-byte the clip
+    an uncorrupted corpus with the same seed has. Corruptions apply on top of `private_mouth_lag`:
+      audio_shift: the audio track moves by a random whole number of frames (3-6, either sign; positive
+        = the sound comes later than the picture); the start or end is silence;
+      identity: one block of half the frames (never frame 0) shows another identity of the corpus with
+        the same mouth, head motion and blinks;
+      occlusion: a flat box in a non-skin colour over the face from the brows to the chin (eyes, nose,
+        mouth) on one block of half the frames;
+      temporal: every frame's head position jitters independently (+-2 px at 64x64) and its brightness
+        is scaled by a random gain in [0.8, 1.2].
+    split.json then gains "corruption": {"kinds", "fraction", "heldout_clips", "parameters",
+    "identities": {identity: {"kind", "clips": [clip names]}}}, and each corrupted clip's sidecar gains
+    "corruption": {"kind", ...} with what was done (audio offset, replaced frames and their source,
+    the box, the jitter and gain series). Sidecar "head_offset" and "mouth_box" describe the frames as
+    rendered (jitter included); under `identity` they describe the clip's own face, not the intruder.
+    Bad corruption arguments raise ConfigError.
     """
     if identities < 1 or clips < 1:
         raise ValueError("identities and clips must be >= 1")
     if private_mouth_lag < 0:
         raise ValueError("private_mouth_lag must be >= 0")
+    kinds = _parse_corruptions(corruption, corrupt_fraction)
+    if heldout_clips < 0:
+        raise ConfigError(f"heldout_clips must be >= 0, got {heldout_clips}")
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     num = int(round(seconds * fps))
@@ -544,12 +716,15 @@ def synthesize_corpus(
     n_pub = int(math.floor(identities * public_fraction + 0.5))
     if identities >= 2:
         n_pub = min(max(n_pub, 1), identities - 1)
+    corrupted = _choose_corrupted(seed, names[n_pub:], kinds, float(corrupt_fraction))
+    corrupted_clips: dict[str, list[str]] = {ident: [] for ident in corrupted}
     manifest_clips: dict[str, list[str]] = {}
     for k, ident in enumerate(names):
         face = _make_face(seed, k, size)
         (root / ident).mkdir(exist_ok=True)
         manifest_clips[ident] = []
-        for c in range(clips if k < n_pub or private_clips is None else private_clips):
+        n_clips = clips if k < n_pub or private_clips is None else private_clips
+        for c in range(n_clips):
             rng = np.random.default_rng([seed, k, 1000 + c])
             audio, env = synth_speech(rng, n_audio / SAMPLE_RATE, face.f0, face.formant_scale, face.breath)
             centres = np.rint((np.arange(num) + 0.5) / fps * SAMPLE_RATE).astype(int)
@@ -558,7 +733,25 @@ def synthesize_corpus(
             mouth = np.round(env[np.minimum(centres, n_audio - 1)].astype(np.float64), 4)
             offsets = _head_motion(rng, num, size, fps)
             blink = np.round(_blinks(rng, num, fps), 4)
+            kind = corrupted.get(ident) if c < training_clip_count(n_clips, heldout_clips) else None
+            # A stream of its own, so the clean clip's draws above are the same with or without corruption.
+            damage = np.random.default_rng([seed, k, 2000 + c])
+            record = None
+            if kind is Corruption.TEMPORAL:
+                jitter, gain = _temporal_noise(damage, num, size)
+                offsets = offsets + jitter
+                record = {"head_jitter": jitter.tolist(), "brightness_gain": gain.tolist()}
             frames = render_clip(face, mouth, offsets, blink)
+            if kind is Corruption.TEMPORAL:
+                frames = np.clip(np.rint(frames * gain[:, None, None, None]), 0, 255).astype(np.uint8)
+            elif kind is Corruption.AUDIO_SHIFT:
+                audio, record = _shift_audio(damage, audio, fps)
+            elif kind is Corruption.IDENTITY:
+                record = _contaminate_identity(
+                    damage, frames, seed, k, identities, size, mouth, offsets, blink
+                )
+            elif kind is Corruption.OCCLUSION:
+                record = _occlude(damage, frames, face, offsets)
             stem = root / ident / clip_name(c)
             write_video(stem.with_suffix(".mp4"), frames, fps, audio, SAMPLE_RATE)
             truth = {
@@ -574,14 +767,31 @@ def synthesize_corpus(
                 "head_offset": offsets.tolist(),
                 "blink": blink.tolist(),
             }
+            if kind is not None:
+                truth["corruption"] = {"kind": kind.value, **record}
+                corrupted_clips[ident].append(clip_name(c))
             stem.with_suffix(".json").write_text(json.dumps(truth, sort_keys=True) + "\n")
             manifest_clips[ident].append(f"{ident}/{clip_name(c)}.mp4")
     split = {"public": names[:n_pub], "private": names[n_pub:]}
-    (root / "split.json").write_text(json.dumps(split, indent=1, sort_keys=True) + "\n")
+    scenario = None
+    if kinds:
+        scenario = {
+            "kinds": [kind.value for kind in kinds],
+            "fraction": float(corrupt_fraction),
+            "heldout_clips": int(heldout_clips),
+            "parameters": {kind.value: CORRUPTION_PARAMETERS[kind] for kind in dict.fromkeys(kinds)},
+            "identities": {
+                ident: {"kind": kind.value, "clips": corrupted_clips[ident]}
+                for ident, kind in corrupted.items()
+            },
+        }
+    written = split if scenario is None else {**split, "corruption": scenario}
+    (root / "split.json").write_text(json.dumps(written, indent=1, sort_keys=True) + "\n")
     return {
         "root": str(root),
         "identities": names,
         "split": split,
+        "corruption": scenario,
         "clips": manifest_clips,
         "fps": float(fps),
         "size": int(size),
