@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from scipy.signal import iirpeak, lfilter
 
+from privfedtalk.data.corpus import split_heldout
 from privfedtalk.data.media import write_video
 from privfedtalk.errors import ConfigError
 
@@ -24,7 +25,6 @@ __all__ = [
     "synth_speech",
     "identity_name",
     "clip_name",
-    "training_clip_count",
     "Corruption",
     "CORRUPTION_PARAMETERS",
     "SS",
@@ -544,14 +544,6 @@ CORRUPTION_PARAMETERS = {
 }
 
 
-def training_clip_count(clips: int, heldout_clips: int) -> int:
-    """How many of an identity's clips (the first ones) a client trains on; the rest are held out.
-
-    The same rule as `federated.simulation.ClientLoader`: a single clip is trained on, otherwise at least one.
-    """
-    return max(1, clips - heldout_clips) if clips > 1 else clips
-
-
 def _parse_corruptions(corruption, corrupt_fraction: float) -> list[Corruption]:
     if corruption is None:
         kinds = []
@@ -733,7 +725,8 @@ def synthesize_corpus(
             mouth = np.round(env[np.minimum(centres, n_audio - 1)].astype(np.float64), 4)
             offsets = _head_motion(rng, num, size, fps)
             blink = np.round(_blinks(rng, num, fps), 4)
-            kind = corrupted.get(ident) if c < training_clip_count(n_clips, heldout_clips) else None
+            trained = len(split_heldout(range(n_clips), heldout_clips)[0])
+            kind = corrupted.get(ident) if c < trained else None
             # A stream of its own, so the clean clip's draws above are the same with or without corruption.
             damage = np.random.default_rng([seed, k, 2000 + c])
             record = None

@@ -250,7 +250,13 @@ def restore(fed: Federation) -> int:
     """
     global_state, info, tensors = fed.folder.load()
     fed.global_state = global_state
-    fed.strategy.load_state_dict({**info.get("strategy", {}), **tensors})
+    prefix = "server_optimizer."
+    fed.strategy.load_state_dict(
+        {
+            "tensors": {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)},
+            "scalars": info["server_optimizer"],
+        }
+    )
     fed.privacy.load_state_dict(info.get("privacy", {}))
     pending = fed.folder.pending_release()
     if pending is not None and fed.privacy.observer is not None:
@@ -329,10 +335,10 @@ def finish_round(fed: Federation, round_index: int, record: dict, writer) -> Non
     if not fed.backend.is_server:
         return
     strategy_state = fed.strategy.state_dict()
-    tensors = {k: v for k, v in strategy_state.items() if isinstance(v, torch.Tensor)}
+    tensors = {f"server_optimizer.{k}": v for k, v in strategy_state["tensors"].items()}
     info = {
         "completed_rounds": round_index + 1,
-        "strategy": {k: v for k, v in strategy_state.items() if not isinstance(v, torch.Tensor)},
+        "server_optimizer": strategy_state["scalars"],
         "privacy": fed.privacy.state_dict(),
     }
     fed.folder.save(fed.global_state, info, tensors)

@@ -31,12 +31,17 @@ def records(run_dir):
     return RunFolder(run_dir).records()
 
 
-def test_resume_after_kill_equals_uninterrupted(tiny_federated_config, tmp_path):
-    full_cfg = tiny_federated_config(f"out_dir={tmp_path / 'full'}")
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_resume_after_kill_equals_uninterrupted(tiny_federated_config, tmp_path, optimizer):
+    """Also the server optimizer's state (Adam's moments) survives the kill."""
+    server = (
+        [f"federated.server_optimizer={optimizer}", "federated.server_lr=0.01"] if optimizer != "sgd" else []
+    )
+    full_cfg = tiny_federated_config(f"out_dir={tmp_path / 'full'}", *server)
     simulation.train(full_cfg)
     reference = global_state(tmp_path / "full")
 
-    killed_cfg = tiny_federated_config(f"out_dir={tmp_path / 'killed'}")
+    killed_cfg = tiny_federated_config(f"out_dir={tmp_path / 'killed'}", *server)
     calls = []
 
     def kill_in_round_3(round_index, client_id):
