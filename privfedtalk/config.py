@@ -86,6 +86,11 @@ class Accountant(Choice):
     pld = "pld"
 
 
+class ClipMode(Choice):
+    fixed = "fixed"  # C = privacy.clip_norm every round
+    adaptive = "adaptive"  # C follows a target quantile of update norms (Andrew et al. 2021)
+
+
 class NoiseSource(Choice):
     """Where privacy randomness comes from (DP noise and, in DP runs, client sampling)."""
 
@@ -217,6 +222,11 @@ class PrivacyConfig:
     noise: NoisePlacement = NoisePlacement.distributed
     accountant: Accountant = Accountant.rdp
     noise_source: NoiseSource = NoiseSource.os_entropy
+    clip: ClipMode = ClipMode.fixed  # adaptive: clip_norm is the first round's C
+    target_quantile: float = 0.5  # adaptive: the share of clients whose update C should not clip
+    clip_learning_rate: float = 0.2  # adaptive: C <- C * exp(-lr * (unclipped fraction - quantile))
+    bit_noise_std: float = 0.0  # adaptive: noise on the count of unclipped clients (0: m / 20)
+    log_signal_norm: bool = False  # SIMULATION ONLY: log the noise-free sum's norm (not private)
 
 
 @dataclass
@@ -386,6 +396,13 @@ def validate(cfg: Config) -> None:
             fed.clients_per_round,
             "secure aggregation sums at least 2 clients: use >= 2",
         )
+    if privacy.clip == ClipMode.adaptive:
+        _require(
+            privacy.dp,
+            "privacy.clip",
+            str(privacy.clip),
+            "adaptive clipping is part of DP: set privacy.dp=true",
+        )
     if privacy.dp:
         _require(
             _positive(privacy.clip_norm),
@@ -411,6 +428,25 @@ def validate(cfg: Config) -> None:
                 "distributed noise without secure aggregation lets the server read each client's "
                 "update with only its share of the noise: set privacy.secure_aggregation=true or "
                 "privacy.noise=trusted",
+            )
+        if privacy.clip == ClipMode.adaptive:
+            _require(
+                0 < privacy.target_quantile < 1,
+                "privacy.target_quantile",
+                privacy.target_quantile,
+                "use (0, 1)",
+            )
+            _require(
+                _positive(privacy.clip_learning_rate),
+                "privacy.clip_learning_rate",
+                privacy.clip_learning_rate,
+                "use a positive value, e.g. 0.2",
+            )
+            _require(
+                privacy.bit_noise_std >= 0,
+                "privacy.bit_noise_std",
+                privacy.bit_noise_std,
+                "use >= 0 (0: m/20)",
             )
         if fed.sampling == Sampling.fixed_size:
             _require(

@@ -139,8 +139,12 @@ def round_record(
         record["skipped"] = release.skipped
     if release.total is not None:
         record["released_norm"] = float(np.linalg.norm(release.total))
+    if release.signal_norm is not None:
+        record.update(signal_norm=release.signal_norm, noise_norm=release.noise_norm)
+        record["noise_to_signal"] = release.noise_norm / release.signal_norm if release.signal_norm else None
     if privacy.observer is not None:
         record.update(noise_multiplier=release.noise_multiplier, noise_only=release.noise_only)
+        record.update(clip_norm=release.clip_norm, next_clip_norm=privacy.clip_norm)
         record.update(privacy.epsilons())
         return record
     survivors = release.survivors
@@ -294,12 +298,12 @@ def log_plan(fed: Federation) -> None:
         log.info(
             "DP: z = %.3f, clip C = %.3g, w_max = %.3g: noise std %.3g per value on the sum; noise norm "
             "~%.3g vs at most %.3g of clipped signal (%d clients x w_max x C)",
-            privacy.noise_multiplier,
-            cfg.privacy.clip_norm,
+            privacy.update_noise_multiplier,
+            privacy.clip_norm,
             privacy.weight_cap,
             sigma,
             sigma * math.sqrt(values),
-            privacy.expected_clients * privacy.weight_cap * cfg.privacy.clip_norm,
+            privacy.expected_clients * privacy.weight_cap * privacy.clip_norm,
             privacy.expected_clients,
         )
 

@@ -20,9 +20,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from privfedtalk.config import Config, NoisePlacement, NoiseSource, Sampling
+from privfedtalk.config import ClipMode, Config, NoisePlacement, NoiseSource, Sampling
 from privfedtalk.errors import PrivacyError
 from privfedtalk.privacy import dp
+from privfedtalk.privacy.adaptive_clipping import (
+    AdaptiveClipState,
+    centred_unclipped_bit,
+    recommended_bit_noise_std,
+    update_noise_multiplier,
+)
 from privfedtalk.privacy.fixed_point import FixedPoint, per_coordinate_bound, plan_fixed_point
 from privfedtalk.privacy.noise import RandomSource, insecure_seeded_source
 from privfedtalk.privacy.secagg import MIN_CLIENTS, shamir_threshold
@@ -48,6 +54,9 @@ class Release:
     noise_only: bool = False  # DP round with no decodable update: the server released noise alone
     skipped: str | None = None
     secure_sum_seconds: float = 0.0
+    clip_norm: float | None = None  # the C this round's updates were clipped to
+    signal_norm: float | None = None  # privacy.log_signal_norm only: ‖Σ w·clip(Δ)‖, noise-free
+    noise_norm: float | None = None  # privacy.log_signal_norm only: ‖released − Σ w·clip(Δ)‖
 
 
 def accountant_sampling(cfg: Config, num_clients: int) -> dict:
@@ -71,6 +80,14 @@ class PrivacyMechanism:
         # Server-side ledger: per client, Σ 1/z² over the releases that carried its update.
         self.server_exposure: dict[str, float] = {}
         self.participation: Counter = Counter()
+        # Adaptive clipping: each vector carries one more value, the client's centred unclipped bit.
+        self.adaptive = privacy.clip == ClipMode.adaptive
+        self.clip_state = AdaptiveClipState(privacy.clip_norm) if self.adaptive else None
+        self.bit_noise_std = (
+            privacy.bit_noise_std or recommended_bit_noise_std(self.expected_clients)
+        ) * self.adaptive
+        self.vector_size = dims + int(self.adaptive)
+        self._noise_free: dict[str, np.ndarray] = {}  # privacy.log_signal_norm only
         if privacy.dp:
             sampling = accountant_sampling(cfg, len(client_ids))
             self.observer = dp.PrivacyAccountant(
@@ -101,9 +118,12 @@ class PrivacyMechanism:
         if self.seeded:
             return NOT_PRIVATE
         against_server = "none (trusted aggregator)" if self.trusted else "ε_server"
-        return (
+        text = (
             f"client-level DP at δ={self.privacy.delta:g}: ε_observer; against the server: {against_server}"
         )
+        if self.privacy.log_signal_norm:
+            text += "; SIMULATION DIAGNOSTICS: the noise-free sum's norm is logged (not private)"
+        return text
 
     @property
     def trusted(self) -> bool:
@@ -111,8 +131,18 @@ class PrivacyMechanism:
 
     @property
     def clip_norm(self) -> float | None:
-        """C when updates are clipped (DP, or fixed point under secure aggregation), else None."""
-        return self.privacy.clip_norm if (self.privacy.dp or self.privacy.secure_aggregation) else None
+        """This round's C when updates are clipped (DP, or fixed point under secure aggregation)."""
+        if not (self.privacy.dp or self.privacy.secure_aggregation):
+            return None
+        return self.clip_state.clip_norm if self.adaptive else self.privacy.clip_norm
+
+    @property
+    def update_noise_multiplier(self) -> float:
+        """z_Δ of the update's noise: z itself, or the larger share left after the adaptive-clipping
+        count takes its part of the budget (z⁻² = z_Δ⁻² + (2σ_b)⁻², see adaptive_clipping.py)."""
+        if self.adaptive:
+            return update_noise_multiplier(self.noise_multiplier, self.bit_noise_std)
+        return self.noise_multiplier
 
     @property
     def weight_cap(self) -> float:
@@ -123,7 +153,14 @@ class PrivacyMechanism:
         """σ = z·w_max·C: the noise on the released sum (0 without DP)."""
         if not self.privacy.dp:
             return 0.0
-        return dp.gaussian_noise_std(self.noise_multiplier, self.privacy.clip_norm, self.weight_cap)
+        return dp.gaussian_noise_std(self.update_noise_multiplier, self.clip_norm, self.weight_cap)
+
+    def _draw_noise(self, source: RandomSource, shares: int) -> np.ndarray:
+        """One of `shares` equal shares of the noise on the whole vector (update, then the bit)."""
+        noise = source.normal(self.dims, dp.distributed_noise_std(self.noise_std(), shares))
+        if self.adaptive:
+            noise = np.append(noise, source.normal(1, dp.distributed_noise_std(self.bit_noise_std, shares)))
+        return noise
 
     # -- randomness --------------------------------------------------------------------------------
     def random_source(self, purpose: str, round_index: int, party: str) -> RandomSource:
@@ -164,21 +201,27 @@ class PrivacyMechanism:
         """
         vector = update.delta.numpy().astype(np.float64)
         if self.clip_norm is not None:
-            vector, _ = dp.clip_to_norm(vector, self.clip_norm)
+            vector, norm = dp.clip_to_norm(vector, self.clip_norm)
         vector = vector * weight
+        if self.adaptive:
+            vector = np.append(vector, centred_unclipped_bit(norm, self.clip_norm))
+        if self.privacy.log_signal_norm:
+            self._noise_free[update.client_id] = vector.copy()
         if self.privacy.dp and not self.trusted:
-            share = dp.distributed_noise_std(self.noise_std(), roster_size)
-            vector = vector + self.random_source("client-noise", round_index, update.client_id).normal(
-                vector.shape, share
-            )
+            source = self.random_source("client-noise", round_index, update.client_id)
+            vector = vector + self._draw_noise(source, roster_size)
         return vector
 
     # -- server side ---------------------------------------------------------------------------------
     def sum_plan(self, roster_size: int) -> tuple[FixedPoint, int]:
         """Fixed-point plan and Shamir threshold for a roster, from public quantities only."""
         weight_bound = self.weight_cap if self.privacy.dp else 1.0
-        share = dp.distributed_noise_std(self.noise_std(), roster_size) if not self.trusted else 0.0
-        bound = per_coordinate_bound(weight_bound, self.privacy.clip_norm, share)
+        shares = 0 if self.trusted else 1
+        share = dp.distributed_noise_std(self.noise_std(), roster_size) * shares
+        bound = per_coordinate_bound(weight_bound, self.clip_norm, share)
+        if self.adaptive:  # the centred bit is ±1/2
+            bit_share = dp.distributed_noise_std(self.bit_noise_std, roster_size) * shares
+            bound = max(bound, per_coordinate_bound(1.0, 0.5, bit_share))
         fixed_point = plan_fixed_point(bound, roster_size, bits=self.privacy.fixed_point_bits)
         return fixed_point, shamir_threshold(self.privacy.threshold_fraction, roster_size)
 
@@ -199,7 +242,7 @@ class PrivacyMechanism:
             if self.privacy.secure_aggregation and len(roster) >= MIN_CLIENTS:
                 fixed_point, threshold = self.sum_plan(len(roster))
                 result = backend.secure_sum(
-                    vectors, roster, fixed_point, threshold, round_index, dropped, self.dims
+                    vectors, roster, fixed_point, threshold, round_index, dropped, self.vector_size
                 )
                 total, survivors = result.total, list(result.survivors)
             elif self.privacy.secure_aggregation and not self.privacy.dp:
@@ -209,26 +252,44 @@ class PrivacyMechanism:
             elif not survivors:
                 raise PrivacyError("every client of the round dropped out")
             else:
-                total = backend.plain_sum(vectors, survivors, self.dims)
+                total = backend.plain_sum(vectors, survivors, self.vector_size)
         except PrivacyError as err:
             skipped, survivors = str(err), []
-        seconds = time.perf_counter() - started
-        if not self.privacy.dp:
-            return Release(total, survivors, None, skipped=skipped, secure_sum_seconds=seconds)
+        release = Release(total, survivors, None, skipped=skipped, clip_norm=self.clip_norm)
+        release.secure_sum_seconds = time.perf_counter() - started
+        if self.privacy.dp:
+            server_noise = self.random_source("server-noise", round_index, "server")
+            if release.total is None:
+                release.total, release.noise_only = self._draw_noise(server_noise, 1), True
+                release.noise_multiplier = self.noise_multiplier
+            elif self.trusted:
+                release.total = release.total + self._draw_noise(server_noise, 1)
+                release.noise_multiplier = self.noise_multiplier
+            else:
+                release.noise_multiplier = dp.effective_noise_multiplier(
+                    self.noise_multiplier, len(roster), len(survivors)
+                )
+            self.charge(release.noise_multiplier, survivors)
+        if release.total is not None:
+            self._measure_signal(backend, release)
+            if self.adaptive:  # the released count of unclipped clients sets the next round's C
+                release.total, bit_sum = release.total[:-1], float(release.total[-1])
+                self.clip_state.update(
+                    bit_sum,
+                    self.expected_clients,
+                    self.privacy.target_quantile,
+                    self.privacy.clip_learning_rate,
+                )
+        self._noise_free = {}
+        return release
 
-        server_noise = self.random_source("server-noise", round_index, "server")
-        if total is None:
-            total = server_noise.normal(self.dims, self.noise_std())
-            z = self.noise_multiplier
-        elif self.trusted:
-            total = total + server_noise.normal(total.shape, self.noise_std())
-            z = self.noise_multiplier
-        else:
-            z = dp.effective_noise_multiplier(self.noise_multiplier, len(roster), len(survivors))
-        self.charge(z, survivors)
-        return Release(
-            total, survivors, z, noise_only=not survivors, skipped=skipped, secure_sum_seconds=seconds
-        )
+    def _measure_signal(self, backend, release: Release) -> None:
+        """privacy.log_signal_norm (simulation only): the noise-free sum's norm and the noise's."""
+        if not self.privacy.log_signal_norm:
+            return
+        clean = backend.plain_sum(self._noise_free, release.survivors, self.vector_size)[: self.dims]
+        release.signal_norm = float(np.linalg.norm(clean))
+        release.noise_norm = float(np.linalg.norm(release.total[: self.dims] - clean))
 
     # -- the ledger ----------------------------------------------------------------------------------
     def charge(self, noise_multiplier: float, survivors: list[str]) -> None:
@@ -287,6 +348,7 @@ class PrivacyMechanism:
             "observer": self.observer.state_dict(),
             "server_exposure": dict(self.server_exposure),
             "participation": dict(self.participation),
+            "clip": self.clip_state.state_dict() if self.adaptive else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -295,3 +357,5 @@ class PrivacyMechanism:
         self.observer.load_state_dict(state["observer"])
         self.server_exposure = {k: float(v) for k, v in state["server_exposure"].items()}
         self.participation = Counter(state["participation"])
+        if self.adaptive:
+            self.clip_state.load_state_dict(state["clip"])

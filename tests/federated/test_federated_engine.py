@@ -228,3 +228,20 @@ def test_too_many_dropouts_skip_the_round_without_touching_state(tiny_federated_
         [p.detach().reshape(-1) for p in adapters.adapter_parameters(model.unet, adapters.SHARED)]
     )
     torch.testing.assert_close(global_state(run), initial, rtol=0, atol=0)
+
+
+def test_adaptive_clipping_and_the_signal_diagnostic_in_a_real_round(tiny_federated_config):
+    cfg = tiny_federated_config(
+        "federated.rounds=2",
+        "privacy.dp=true",
+        "privacy.secure_aggregation=true",
+        "privacy.noise_multiplier=1.0",
+        "privacy.clip=adaptive",
+        "privacy.bit_noise_std=1.0",
+        "privacy.clip_norm=0.001",  # far below the update norms: every client is clipped, C must grow
+        "privacy.log_signal_norm=true",
+    )
+    first, second = records(simulation.train(cfg))
+    assert first["clip_norm"] == pytest.approx(0.001) and first["next_clip_norm"] > 0.001
+    assert second["clip_norm"] == pytest.approx(first["next_clip_norm"])
+    assert first["noise_to_signal"] > 1 and "SIMULATION DIAGNOSTICS" in first["guarantee"]

@@ -119,3 +119,71 @@ def test_a_round_interrupted_after_release_is_charged_on_resume():
 def test_seeded_test_setting_is_marked_not_private():
     assert "NOT PRIVATE" in mechanism(*DP, "privacy.noise_source=insecure_seeded").guarantee
     assert "NOT PRIVATE" not in mechanism(*DP).guarantee
+
+
+ADAPTIVE = [*DP, "privacy.clip=adaptive", "privacy.bit_noise_std=2.0", "privacy.target_quantile=0.5"]
+
+
+def updates_with_norms(norms):
+    rng = np.random.default_rng(0)
+    out = []
+    for i, norm in enumerate(norms):
+        direction = rng.normal(size=DIMS)
+        delta = torch.as_tensor(direction / np.linalg.norm(direction) * norm, dtype=torch.float32)
+        out.append(ClientUpdate(IDS[i], 100, delta, {}))
+    return out
+
+
+def test_adaptive_clipping_carries_the_unclipped_bit_and_moves_c_toward_the_quantile():
+    mech = mechanism(*ADAPTIVE, "privacy.clip_norm=1.0")
+    assert mech.vector_size == DIMS + 1
+    # Every update is far longer than C: nobody is unclipped, so C must grow (and shrink in the
+    # opposite case); the bit is the last coordinate and the update part is clipped to the current C.
+    updates = updates_with_norms([10.0] * 4)
+    vectors = {u.client_id: mech.privatize(u, 0.25, 4, 0) for u in updates}
+    release = mech.release(BACKEND, vectors, IDS[:4], [], 0)
+    assert release.total.shape == (DIMS,) and release.clip_norm == 1.0
+    assert mech.clip_norm > 1.0
+    small = mechanism(*ADAPTIVE, "privacy.clip_norm=1.0")
+    vectors = {u.client_id: small.privatize(u, 0.25, 4, 0) for u in updates_with_norms([0.01] * 4)}
+    small.release(BACKEND, vectors, IDS[:4], [], 0)
+    assert small.clip_norm < 1.0
+    restored = mechanism(*ADAPTIVE, "privacy.clip_norm=1.0")
+    restored.load_state_dict(small.state_dict())
+    assert restored.clip_norm == small.clip_norm
+
+
+def test_adaptive_clipping_pays_for_its_count_in_epsilon():
+    """For the same noise on the update (z_Δ), releasing the count as well costs exactly the ε of the
+    joint mechanism with z⁻² = z_Δ⁻² + (2σ_b)⁻², which the accountant is given."""
+    adaptive = mechanism(*ADAPTIVE)
+    z, z_update = adaptive.noise_multiplier, adaptive.update_noise_multiplier
+    assert z_update == pytest.approx((z**-2 - (2 * 2.0) ** -2) ** -0.5)
+    fixed = mechanism(*DP[:2], f"privacy.noise_multiplier={z_update}")
+    assert fixed.noise_std() == pytest.approx(adaptive.noise_std())  # same noise on the update
+    for mech in (adaptive, fixed):
+        for r in range(5):
+            mech.release(BACKEND, zero_vectors(mech, IDS[:4], r), IDS[:4], [], r)
+    joint = PrivacyAccountant(1e-5, sampling="fixed_size", num_clients=8, clients_per_round=4)
+    joint.step(z, count=5)
+    alone = PrivacyAccountant(1e-5, sampling="fixed_size", num_clients=8, clients_per_round=4)
+    alone.step(z_update, count=5)
+    assert adaptive.epsilons()["epsilon_observer"] == pytest.approx(joint.epsilon())
+    assert fixed.epsilons()["epsilon_observer"] == pytest.approx(alone.epsilon())
+    assert adaptive.epsilons()["epsilon_observer"] > fixed.epsilons()["epsilon_observer"]
+
+
+def test_signal_norm_diagnostic_measures_the_noise_to_signal_ratio():
+    mech = mechanism(*DP, "privacy.log_signal_norm=true")
+    updates = updates_with_norms([1.0] * 4)
+    vectors = {u.client_id: mech.privatize(u, 0.25, 4, 0) for u in updates}
+    release = mech.release(BACKEND, vectors, IDS[:4], [], 0)
+    clean = sum(0.25 * clip_norm_of(u, 0.5) for u in updates)
+    assert release.signal_norm == pytest.approx(float(np.linalg.norm(clean)), rel=1e-9)
+    assert release.noise_norm == pytest.approx(mech.noise_std() * math.sqrt(DIMS), rel=0.03)
+    assert "SIMULATION DIAGNOSTICS" in mech.guarantee
+
+
+def clip_norm_of(update, clip):
+    vector = update.delta.numpy().astype(np.float64)
+    return vector * min(1.0, clip / np.linalg.norm(vector))
