@@ -137,6 +137,7 @@ def test_noise_stripping_fails_on_os_noise_and_succeeds_on_the_seeded_setting(
             released, signal, attacker_guesses(cfg, record, 0, roster, released.size)
         )
         outcomes[source] = (residual / noise_norm, how)
+        print(f"{placement} {source}: noise norm {noise_norm:.4g}, residual {residual:.3g} ({how})")
     ratio, _ = outcomes["os_entropy"]
     assert 0.9 <= ratio <= 1.1, outcomes  # nothing rebuilt: the error stays the noise's size
     ratio, how = outcomes["insecure_seeded"]
