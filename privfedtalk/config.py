@@ -330,11 +330,18 @@ def validate(cfg: Config) -> None:
         "use auto, cpu, cuda or cuda:N",
     )
     _require(cfg.threads >= 0, "threads", cfg.threads, "use >= 0 (0: torch's default)")
-    data, fed, privacy = cfg.data, cfg.federated, cfg.privacy
+    _validate_data(cfg.data)
+    _validate_federated(cfg.federated)
+    _validate_privacy(cfg.privacy, cfg.federated)
+
+
+def _validate_data(data) -> None:
     _require(data.window >= 1, "data.window", data.window, "use >= 1")
     _require(data.heldout_clips >= 0, "data.heldout_clips", data.heldout_clips, "use >= 0")
     _require(_positive(data.fps), "data.fps", data.fps, "use a positive frame rate")
 
+
+def _validate_federated(fed) -> None:
     _require(fed.rounds >= 0, "federated.rounds", fed.rounds, "use >= 0")
     _require(fed.clients_per_round >= 1, "federated.clients_per_round", fed.clients_per_round, "use >= 1")
     _require(fed.local_steps >= 0, "federated.local_steps", fed.local_steps, "use >= 0")
@@ -365,6 +372,9 @@ def validate(cfg: Config) -> None:
         "use >= 1",
     )
 
+
+def _validate_privacy(privacy, fed) -> None:
+    """Privacy keys on their own, then the rules that keep a reported ε true."""
     _require(
         0 < privacy.threshold_fraction <= 1,
         "privacy.threshold_fraction",
@@ -384,18 +394,7 @@ def validate(cfg: Config) -> None:
         "use > 0, or 0 to give z",
     )
     if privacy.secure_aggregation:
-        _require(
-            _positive(privacy.clip_norm),
-            "privacy.clip_norm",
-            privacy.clip_norm,
-            "secure aggregation encodes clipped updates in fixed point: use a positive clip norm",
-        )
-        _require(
-            fed.clients_per_round >= 2,
-            "federated.clients_per_round",
-            fed.clients_per_round,
-            "secure aggregation sums at least 2 clients: use >= 2",
-        )
+        _validate_secure_aggregation(privacy, fed)
     if privacy.clip == ClipMode.adaptive:
         _require(
             privacy.dp,
@@ -404,55 +403,76 @@ def validate(cfg: Config) -> None:
             "adaptive clipping is part of DP: set privacy.dp=true",
         )
     if privacy.dp:
+        _validate_dp(privacy, fed)
+
+
+def _validate_secure_aggregation(privacy, fed) -> None:
+    _require(
+        _positive(privacy.clip_norm),
+        "privacy.clip_norm",
+        privacy.clip_norm,
+        "secure aggregation encodes clipped updates in fixed point: use a positive clip norm",
+    )
+    _require(
+        fed.clients_per_round >= 2,
+        "federated.clients_per_round",
+        fed.clients_per_round,
+        "secure aggregation sums at least 2 clients: use >= 2",
+    )
+
+
+def _validate_dp(privacy, fed) -> None:
+    _require(
+        _positive(privacy.clip_norm),
+        "privacy.clip_norm",
+        privacy.clip_norm,
+        "DP needs a positive clip norm C (it bounds each client's influence); e.g. 0.05",
+    )
+    _require(
+        privacy.target_epsilon > 0 or _positive(privacy.noise_multiplier),
+        "privacy.noise_multiplier",
+        privacy.noise_multiplier,
+        "DP needs noise: give noise_multiplier > 0 or privacy.target_epsilon > 0",
+    )
+    _require(0 < privacy.delta < 1, "privacy.delta", privacy.delta, "use (0, 1), e.g. 1e-5")
+    _require(privacy.reference_samples > 0, "privacy.reference_samples", privacy.reference_samples, "use > 0")
+    if privacy.noise == NoisePlacement.distributed:
         _require(
-            _positive(privacy.clip_norm),
-            "privacy.clip_norm",
-            privacy.clip_norm,
-            "DP needs a positive clip norm C (it bounds each client's influence); e.g. 0.05",
+            privacy.secure_aggregation,
+            "privacy.secure_aggregation",
+            privacy.secure_aggregation,
+            "distributed noise without secure aggregation lets the server read each client's "
+            "update with only its share of the noise: set privacy.secure_aggregation=true or "
+            "privacy.noise=trusted",
         )
+    if privacy.clip == ClipMode.adaptive:
+        _validate_adaptive_clipping(privacy)
+    if fed.sampling == Sampling.fixed_size:
         _require(
-            privacy.target_epsilon > 0 or _positive(privacy.noise_multiplier),
-            "privacy.noise_multiplier",
-            privacy.noise_multiplier,
-            "DP needs noise: give noise_multiplier > 0 or privacy.target_epsilon > 0",
+            privacy.accountant == Accountant.rdp,
+            "privacy.accountant",
+            str(privacy.accountant),
+            "fixed-size sampling is accounted with RDP only (dp_accounting has no PLD for it): "
+            "use privacy.accountant=rdp or federated.sampling=poisson",
         )
-        _require(0 < privacy.delta < 1, "privacy.delta", privacy.delta, "use (0, 1), e.g. 1e-5")
-        _require(
-            privacy.reference_samples > 0, "privacy.reference_samples", privacy.reference_samples, "use > 0"
-        )
-        if privacy.noise == NoisePlacement.distributed:
-            _require(
-                privacy.secure_aggregation,
-                "privacy.secure_aggregation",
-                privacy.secure_aggregation,
-                "distributed noise without secure aggregation lets the server read each client's "
-                "update with only its share of the noise: set privacy.secure_aggregation=true or "
-                "privacy.noise=trusted",
-            )
-        if privacy.clip == ClipMode.adaptive:
-            _require(
-                0 < privacy.target_quantile < 1,
-                "privacy.target_quantile",
-                privacy.target_quantile,
-                "use (0, 1)",
-            )
-            _require(
-                _positive(privacy.clip_learning_rate),
-                "privacy.clip_learning_rate",
-                privacy.clip_learning_rate,
-                "use a positive value, e.g. 0.2",
-            )
-            _require(
-                privacy.bit_noise_std >= 0,
-                "privacy.bit_noise_std",
-                privacy.bit_noise_std,
-                "use >= 0 (0: m/20)",
-            )
-        if fed.sampling == Sampling.fixed_size:
-            _require(
-                privacy.accountant == Accountant.rdp,
-                "privacy.accountant",
-                str(privacy.accountant),
-                "fixed-size sampling is accounted with RDP only (dp_accounting has no PLD for it): "
-                "use privacy.accountant=rdp or federated.sampling=poisson",
-            )
+
+
+def _validate_adaptive_clipping(privacy) -> None:
+    _require(
+        0 < privacy.target_quantile < 1,
+        "privacy.target_quantile",
+        privacy.target_quantile,
+        "use (0, 1)",
+    )
+    _require(
+        _positive(privacy.clip_learning_rate),
+        "privacy.clip_learning_rate",
+        privacy.clip_learning_rate,
+        "use a positive value, e.g. 0.2",
+    )
+    _require(
+        privacy.bit_noise_std >= 0,
+        "privacy.bit_noise_std",
+        privacy.bit_noise_std,
+        "use >= 0 (0: m/20)",
+    )
