@@ -109,3 +109,28 @@ def test_tdc_zero_for_consistent_and_positive_for_flicker():
     flicker = target.clone()
     flicker[:, 1::2] += 0.5
     assert float(tdc_loss(flicker, target)) > 0.4
+
+
+def test_both_audio_controls_get_the_same_sampler_settings(tiny_checkpoint, tiny_corpus):
+    """The silence and the other-audio controls must be generated like the clip itself; a control
+    that silently dropped `steps`/`anchor` would compare differently sampled videos."""
+    from privfedtalk.evaluate import evaluate_clips, load_eval_clips
+    from privfedtalk.model.generator import TalkingHeadGenerator
+    from privfedtalk.model.identity import IdentityEncoder
+
+    model = TalkingHeadGenerator.from_pretrained(tiny_checkpoint)
+    encoder = IdentityEncoder.load(tiny_checkpoint)
+    calls = []
+
+    class Recording:
+        spec = model.spec
+
+        def generate(self, *args, **kwargs):
+            calls.append(kwargs)
+            return model.generate(*args, **kwargs)
+
+    clips = load_eval_clips(tiny_corpus, None, model.spec, max_clips=2)
+    result = evaluate_clips(Recording(), encoder, clips, steps=2, anchor=False)
+    assert "control_other_audio_sync_corr" in result and "control_silence_sync_corr" in result
+    assert len(calls) == 3 * len(clips)  # clip, silence, other audio per clip
+    assert all(call.get("steps") == 2 and call.get("anchor") is False for call in calls)
