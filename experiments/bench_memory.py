@@ -14,7 +14,14 @@ import sys
 import time
 from pathlib import Path
 
-from bench_parallel import backbone, machine, read_records, run_overrides, steady_median, write_config
+from privfedtalk.benchmark.systems import (
+    backbone,
+    machine,
+    read_records,
+    run_overrides,
+    steady_median,
+    write_config,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,30 +11,40 @@ from pathlib import Path
 
 import numpy as np
 
-from privfedtalk.config import Config, load_config
-from privfedtalk.data.corpus import load_named_clips
-from privfedtalk.evaluate import evaluate_clips
-from privfedtalk.federated.simulation import load_personalized_model
-from privfedtalk.federated.store import ClientStore
+from privfedtalk.evaluate import evaluate_clips, evaluate_personalized, mean_scores
+from privfedtalk.federated.clients import register_clients
+from privfedtalk.federated.models import load_personalized_model
+from privfedtalk.federated.store import ClientStore, RunFolder
 
 KEYS = ("id_sim", "psnr", "ssim", "mouth_psnr", "sync_corr")
 
 
+def personal_scores(per_clip: list[dict], client_id: str) -> dict:
+    """Mean scores of one client's clips in evaluate_personalized's per-clip rows."""
+    labels = ("client", "identity", "clip")
+    rows = [{k: v for k, v in r.items() if k not in labels} for r in per_clip if r["client"] == client_id]
+    return mean_scores(rows)
+
+
 def personalization_table(run_dir: Path, seed: int = 0) -> dict:
-    cfg = load_config(run_dir / "config.yaml", schema=Config)
+    """Every client with a trained identity adapter, on its identities' held-out clips: its personalized
+    model (privfedtalk.evaluate.evaluate_personalized) against the global model alone, same clips."""
+    cfg = RunFolder(run_dir).load_config()
     store = ClientStore(run_dir)
-    clients = sorted(p.name for p in store.root.glob("client*") if store.has_identity(p.name))
+    clients = [c for c in register_clients(cfg) if store.has_identity(c.client_id)]
+    heldout: dict = {}  # filled by evaluate_personalized, reused for the global model
+    personal = evaluate_personalized(
+        run_dir, [i for c in clients for i in c.identities], heldout=heldout, seed=seed
+    )
+    global_model, encoder = load_personalized_model(run_dir, None)
     rows = []
-    base_model, encoder = load_personalized_model(run_dir, None)
-    for client_id in clients:
-        _, index = store.load_latents(client_id)
-        if not index["heldout"]:
+    for client in clients:
+        clips = [clip for identity in client.identities for clip in heldout[identity]]
+        if not clips:
             continue
-        clips = load_named_clips(cfg.data.root, index["heldout"], cfg.data.audio, size=cfg.data.size)
-        personal, _ = load_personalized_model(run_dir, client_id)
-        with_identity = evaluate_clips(personal, encoder, clips, seed=seed, controls=False)
-        without = evaluate_clips(base_model, encoder, clips, seed=seed, controls=False)
-        row = {"client": client_id, "clips": len(clips)}
+        with_identity = personal_scores(personal["per_clip"], client.client_id)
+        without = evaluate_clips(global_model, encoder, clips, seed=seed, controls=False)
+        row = {"client": client.client_id, "clips": len(clips)}
         for key in KEYS:
             row[f"{key}_global"] = without.get(key)
             row[f"{key}_personal"] = with_identity.get(key)

@@ -2,32 +2,22 @@
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from privfedtalk.benchmark.presets import PRESETS
 from privfedtalk.config import load_config
 from privfedtalk.data.audio import feature_tokens
 from privfedtalk.data.synthetic import synthesize_corpus
 from privfedtalk.model.generator import TalkingHeadGenerator
 
-EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 
-
-def presets() -> dict:
-    spec = importlib.util.spec_from_file_location("benchmark_presets", EXPERIMENTS / "benchmark_presets.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.PRESETS
-
-
-@pytest.mark.parametrize("name", sorted(presets()))
+@pytest.mark.parametrize("name", sorted(PRESETS))
 def test_preset_keys_load_and_its_backbone_takes_a_training_step(name):
-    preset = presets()[name]
+    preset = PRESETS[name]
     inspect.signature(synthesize_corpus).bind("out", **preset["synth"])  # no unknown corpus keys
     size = preset["synth"]["size"]
     on_cpu = ["device=cpu", "mixed_precision=fp32"]  # the GPU presets' keys, checked here on a CPU

@@ -1,4 +1,5 @@
-"""experiments/run_benchmark.py, preset tiny: every output exists with finite numbers; reruns reuse."""
+"""experiments/run_benchmark.py (privfedtalk.benchmark), preset tiny: every output exists with finite
+numbers; reruns reuse."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ import importlib.util
 import json
 import logging
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from privfedtalk.benchmark import report
 
 SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "run_benchmark.py"
 ARGS = ["--preset", "tiny", "--seeds", "1", "--only", "fedavg", "privfedtalk", "threads=1"]
@@ -29,9 +31,9 @@ OUTPUTS = [
 
 
 def load_benchmark():
+    """The script itself, loaded by path: the tests run the benchmark through experiments/run_benchmark.py."""
     spec = importlib.util.spec_from_file_location("run_benchmark", SCRIPT)
     module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -138,7 +140,6 @@ def _summary(row, mean, std=None, table="main", seeds=3, target=None):
 
 
 def test_reading_names_what_moved_beyond_the_spread_and_what_did_not():
-    module = load_benchmark()
     table = {
         "main": [
             _summary("local-only", {"psnr": 26.0, "sync_corr": 0.96}),
@@ -157,11 +158,11 @@ def test_reading_names_what_moved_beyond_the_spread_and_what_did_not():
         ],
         "clip_norm": 0.05,
     }
-    table["comparison"] = module.compare(table)
+    table["comparison"] = report.compare(table)
     verdicts = {(c["baseline"], c["metric"]): c["verdict"] for c in table["comparison"]}
     assert verdicts[("fedavg", "psnr")] == "worse" and verdicts[("fedavg", "sync_corr")] == "worse"
     assert verdicts[("fedavg", "ssim")] == "does not beat"  # equal means
-    text = "\n".join(module.reading(table))
+    text = "\n".join(report.reading(table))
     assert "federating the shared adapter changes nothing measurable" in text
     assert "FedProx vs FedAvg" in text and "indistinguishable" in text
     assert "0 better beyond seed spread, 4 worse beyond seed spread" in text

@@ -1,10 +1,10 @@
-"""Presets of experiments/run_benchmark.py: plain dicts, one per machine size.
+"""Presets of the method benchmark (experiments/run_benchmark.py): plain dicts, one per machine size.
 
 Every preset holds
   synth      keyword arguments of privfedtalk.data.synthetic.synthesize_corpus (the cached corpus);
   pretrain   config overrides of the backbone pretraining (public identities only);
   federated  config overrides shared by EVERY row (budget: rounds, clients_per_round, local_steps,
-             batch_windows, lr, server_lr); rows differ only in method keys (see run_benchmark.ROWS);
+             batch_windows, lr, server_lr); rows differ only in method keys (see plan.row_definitions);
   seeds      seeds of the main table (rows local-only, fedavg, fedprox, privfedtalk); --seeds overrides;
   jobs       runs trained at once, each in its own process (default 1); --jobs overrides;
   eval_clients       held-out evaluation of the first K private identities' clients (None: all);
@@ -124,7 +124,7 @@ PRESETS: dict[str, dict] = {
     # Paper scale (a GPU workstation; hours): 128x128, 50 private clients, 100 rounds. Taken from the
     # PrivFedTalk paper where it says: ~100 communication rounds (it reports its best checkpoint near
     # round 97), FedAvg / FedProx / ISFA+TDC with secure aggregation and client-level DP on LoRA
-    # adapters, FedProx mu = 0.01 and TDC weight 0.1 (set per row in run_benchmark.ROWS). Values the
+    # adapters, FedProx mu = 0.01 and TDC weight 0.1 (set per row in plan.row_definitions). Values the
     # paper does not pin down for this setting (corpus, LoRA ranks 4 (shared, attention) + 4 (identity,
     # resnet convs), 10 clients per round, 50 local steps, lr 1e-3, clip C = 0.5, delta = 1e-5,
     # target epsilon 8) are this repository's choices; its numbers are not comparable to the paper's,

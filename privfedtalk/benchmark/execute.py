@@ -1,0 +1,339 @@
+"""Running the plan: the cached corpus and backbone, each run trained and evaluated unless its folder
+already holds the result, serially or `jobs` at a time in worker processes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+import privfedtalk
+from privfedtalk.benchmark.plan import Benchmark, EvalSpec, Run
+from privfedtalk.federated.store import RunFolder, atomic_write_text, run_signature
+
+log = logging.getLogger("privfedtalk.benchmark")
+
+
+def setup_logging() -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("privfedtalk").setLevel(logging.INFO)
+
+
+# ------------------------------------------------------------------------------ data and backbone
+
+
+def check_cache(cache: Path, preset_name: str, wanted: dict) -> dict:
+    """The cache's meta.json ({} if new); refuses a cache built with other corpus/backbone settings."""
+    meta_file = cache / "meta.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    built = {"synth": meta.get("synth"), "pretrain": meta.get("pretrain")}
+    if meta and built != json.loads(json.dumps(wanted)):
+        raise SystemExit(
+            f"{cache} was built with other corpus/backbone settings than preset {preset_name!r} now has; "
+            f"delete {cache} to rebuild it (or pass --checkpoint/--data)"
+        )
+    return meta
+
+
+def build_corpus(data: Path, preset: dict, meta: dict, times: dict) -> None:
+    t0 = time.perf_counter()
+    if (data / "split.json").is_file():
+        log.info("corpus: reused %s", data)
+        times["synth_s"] = 0.0
+        return
+    from privfedtalk.data.synthetic import synthesize_corpus
+
+    log.info("corpus: synthesizing %s", preset["synth"])
+    synthesize_corpus(data, **preset["synth"])
+    times["synth_s"] = meta["synth_s"] = time.perf_counter() - t0
+
+
+def build_backbone(pretrain_dir: Path, data: Path, preset: dict, cli_overrides, meta: dict, times: dict):
+    from privfedtalk.config import load_config
+
+    checkpoint = pretrain_dir / "checkpoint"
+    t0 = time.perf_counter()
+    if (checkpoint / "identity_encoder.json").is_file():
+        log.info("backbone: reused %s", checkpoint)
+        times["pretrain_s"] = 0.0
+        return checkpoint
+    from privfedtalk.pretrain import pretrain
+
+    log.info("backbone: pretraining on the public identities")
+    overrides = [f"data.root={data}", f"data.size={preset['synth']['size']}"] + preset["pretrain"]
+    pretrain(load_config("pretrain.yaml", overrides + [f"out_dir={pretrain_dir}"] + cli_overrides))
+    times["pretrain_s"] = meta["pretrain_s"] = time.perf_counter() - t0
+    return checkpoint
+
+
+def prepare_backbone(preset_name: str, preset: dict, out: Path, cli_overrides: list[str], times: dict):
+    """Corpus + backbone of the preset, built once under OUT/cache/PRESET/."""
+    cache = out / "cache" / preset_name
+    data = cache / "data"
+    wanted = {"synth": preset["synth"], "pretrain": preset["pretrain"]}
+    meta = check_cache(cache, preset_name, wanted)
+    build_corpus(data, preset, meta, times)
+    checkpoint = build_backbone(cache / "pretrain", data, preset, cli_overrides, meta, times)
+    meta.update(wanted)
+    (cache / "meta.json").write_text(json.dumps(meta, indent=1))
+    times["cached_build_s"] = {k: meta[k] for k in ("synth_s", "pretrain_s") if k in meta}
+    return data, checkpoint
+
+
+def corpus_and_backbone(args, preset: dict, times: dict) -> tuple[Path, Path]:
+    """(corpus, checkpoint): the ones given with --data/--checkpoint, else the preset's cached ones."""
+    if args.checkpoint is not None:
+        times.update(synth_s=0.0, pretrain_s=0.0)
+        return args.data, args.checkpoint
+    return prepare_backbone(args.preset, preset, args.out, args.overrides, times)
+
+
+# -------------------------------------------------------------------------------------- training
+
+
+def reset_peak_memory() -> None:
+    """Start each run's peak-memory reading afresh (CUDA peak stats; Linux RSS high-water mark)."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def trained_rounds(run: Run) -> int | None:
+    """Rounds the run's folder has completed for this very config; None if it holds another config."""
+    folder = RunFolder(run.cfg.out_dir)
+    saved = folder.signature()
+    if saved is not None and saved != run_signature(run.cfg):
+        return None
+    return folder.completed_rounds()
+
+
+def ensure_trained(run: Run, fresh: bool) -> None:
+    """Train the run's missing rounds (resuming a partial run); a finished run is reused."""
+    from privfedtalk.federated.simulation import train
+
+    run_dir = Path(run.cfg.out_dir)
+    rounds = run.cfg.federated.rounds
+    if fresh and run_dir.exists():
+        shutil.rmtree(run_dir)
+    completed = trained_rounds(run)
+    if completed is None:
+        log.warning("%s: its config changed since it ran; training it again from scratch", run.key)
+        shutil.rmtree(run_dir)
+        completed = 0
+    if completed >= rounds:
+        run.status = "reused"
+        return
+    (run_dir / "eval.json").unlink(missing_ok=True)
+    reset_peak_memory()
+    t0 = time.perf_counter()
+    if completed > 0:
+        log.info("%s: resuming after round %d of %d", run.key, completed, rounds)
+        RunFolder(run_dir).write_config(run.cfg)  # e.g. a new threads=
+        train(resume=str(run_dir))
+        run.status = "resumed"
+    else:
+        if run_dir.exists():
+            shutil.rmtree(run_dir)  # started but no round completed: nothing to keep
+        log.info("%s: training %d rounds", run.key, rounds)
+        train(run.cfg)
+        run.status = "trained"
+    run.train_s = time.perf_counter() - t0
+
+
+# ------------------------------------------------------------------------------------ evaluation
+
+
+class ClipCache:
+    """Held-out clips per identity, loaded once per benchmark (same clips for every run)."""
+
+    def __init__(self):
+        self.clips = {}
+
+    def heldout(self, cfg, identity: str) -> list:
+        from privfedtalk.federated.clients import ClientSpec, heldout_clips
+
+        key = (cfg.data.root, identity, cfg.data.size, cfg.data.heldout_clips)
+        if key not in self.clips:
+            self.clips[key] = heldout_clips(cfg, [ClientSpec(identity, [identity])])
+        return self.clips[key]
+
+
+def evaluate_run(cfg, run_dir: Path, spec: EvalSpec, cache: ClipCache) -> dict:
+    """privfedtalk.evaluate.evaluate_personalized on the spec's identities; the first clip's frames are
+    kept in eval_sample.npz for the qualitative figure and the sample videos."""
+    from privfedtalk.evaluate import evaluate_personalized
+
+    heldout = {identity: cache.heldout(cfg, identity) for identity in spec.identities}
+    kwargs = {"steps": int(spec.steps)} if spec.steps else {}
+    result = evaluate_personalized(
+        run_dir, spec.identities, heldout=heldout, seed=cfg.seed, inception=spec.inception, **kwargs
+    )
+    name, frames = result.pop("sample")
+    np.savez_compressed(run_dir / "eval_sample.npz", frames=frames, clip=name)
+    result["sample_clip"] = name
+    return result
+
+
+def saved_eval(run: Run, spec: EvalSpec) -> dict | None:
+    """The run's eval.json if it was made with these evaluation settings (and its sample exists)."""
+    run_dir = Path(run.cfg.out_dir)
+    eval_file = run_dir / "eval.json"
+    if not (eval_file.is_file() and (run_dir / "eval_sample.npz").is_file()):
+        return None
+    saved = json.loads(eval_file.read_text())
+    return saved if saved.get("settings") == spec.settings(run.cfg.seed) else None
+
+
+def ensure_evaluated(run: Run, spec: EvalSpec, cache: ClipCache) -> None:
+    """Evaluate the run unless its eval.json already holds these settings' scores."""
+    run_dir = Path(run.cfg.out_dir)
+    saved = saved_eval(run, spec)
+    if saved is not None:
+        run.eval = saved
+        log.info("%s: reused (%d rounds complete, eval.json present)", run.key, run.cfg.federated.rounds)
+        return
+    t0 = time.perf_counter()
+    log.info("%s: evaluating %d identities' held-out clips", run.key, len(spec.identities))
+    result = evaluate_run(run.cfg, run_dir, spec, cache)
+    run.eval_s = time.perf_counter() - t0
+    result["settings"] = spec.settings(run.cfg.seed)
+    result["seconds"] = run.eval_s
+    atomic_write_text(json.dumps(result, indent=1, default=float), run_dir / "eval.json")
+    run.eval = result
+    if run.status == "reused":
+        run.status = "re-evaluated"
+
+
+# ------------------------------------------------------------------------------- worker processes
+
+
+def run_worker(plan: Path) -> dict:
+    """--worker PLAN: train and evaluate the one run PLAN describes; write PLAN's .result.json."""
+    from privfedtalk.config import load_config
+
+    setup_logging()
+    job = json.loads(plan.read_text())
+    run = Run(job["key"], load_config(job["config"], job["overrides"]))
+    ensure_trained(run, job["fresh"])
+    ensure_evaluated(run, EvalSpec(**job["eval"]), ClipCache())
+    result = {"status": run.status, "train_s": run.train_s, "eval_s": run.eval_s}
+    atomic_write_text(json.dumps(result), plan.with_suffix(".result.json"))
+    return result
+
+
+def run_in_parallel(runs: list[Run], jobs: int, fresh: bool, spec: EvalSpec, runs_dir: Path):
+    """Train + evaluate `runs`, `jobs` at a time, each in its own process (`--worker`).
+
+    Each worker gets max(1, threads // jobs) torch threads: on a 2-core CPU two 1-thread runs finish
+    sooner than one 2-thread run after another (small convolutions scale poorly across threads).
+    A run's folder is written only by its own worker; a failed worker stops the benchmark, naming its log.
+    """
+    plans = runs_dir / ".jobs"
+    plans.mkdir(parents=True, exist_ok=True)
+    pending, active = [], []
+    for run in runs:  # a finished, evaluated run needs no worker process
+        done = trained_rounds(run) or 0
+        if not fresh and done >= run.cfg.federated.rounds and saved_eval(run, spec) is not None:
+            run.status = "reused"
+        else:
+            pending.append(run)
+    try:
+        _drive_workers(pending, active, jobs, fresh, spec, plans)
+    except BaseException:  # Ctrl-C or a failed worker: stop the others; finished rounds stay resumable
+        for _, proc, *_ in active:
+            proc.terminate()
+        raise
+
+
+def worker_environment() -> dict:
+    """This process's environment, with the privfedtalk it imported first on the worker's path.
+
+    The worker must run the same code as this process, also from a checkout whose package is not
+    the one installed in the virtual environment.
+    """
+    source = str(Path(privfedtalk.__file__).resolve().parents[1])
+    path = os.environ.get("PYTHONPATH")
+    return dict(os.environ, PYTHONPATH=source + (os.pathsep + path if path else ""))
+
+
+def start_worker(run: Run, jobs: int, fresh: bool, spec: EvalSpec, plans: Path) -> tuple:
+    """Write the run's plan (config, threads, evaluation) and start `python -m privfedtalk.benchmark`."""
+    from omegaconf import OmegaConf
+
+    name = run.key.replace("/", "_")
+    threads = max(1, int(run.cfg.threads) // jobs)
+    config_file = plans / f"{name}.yaml"
+    config_file.write_text(OmegaConf.to_yaml(run.cfg))
+    plan = plans / f"{name}.json"
+    job = {
+        "key": run.key,
+        "config": str(config_file),
+        "overrides": [f"threads={threads}"],
+        "fresh": fresh,
+        "eval": asdict(spec),
+    }
+    plan.write_text(json.dumps(job))
+    plan.with_suffix(".result.json").unlink(missing_ok=True)
+    log_file = plans / f"{name}.log"
+    with open(log_file, "w") as stream:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "privfedtalk.benchmark", "--worker", str(plan)],
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+            env=worker_environment(),
+        )
+    log.info("%s: started in a worker (%d threads; log %s)", run.key, threads, log_file)
+    return run, proc, plan, log_file
+
+
+def collect_finished(active: list) -> None:
+    """Take finished workers off `active` and copy their results into their runs."""
+    for item in list(active):
+        run, proc, plan, log_file = item
+        if proc.poll() is None:
+            continue
+        active.remove(item)
+        if proc.returncode != 0:
+            tail = log_file.read_text(errors="replace").strip().splitlines()[-1:] or ["(empty log)"]
+            raise SystemExit(f"{run.key}: worker failed ({tail[0]}); full log: {log_file}")
+        result = json.loads(plan.with_suffix(".result.json").read_text())
+        run.status, run.train_s, run.eval_s = result["status"], result["train_s"], result["eval_s"]
+        log.info("%s: %s (train %.0f s, eval %.0f s)", run.key, run.status, run.train_s, run.eval_s)
+
+
+def _drive_workers(pending, active, jobs, fresh, spec: EvalSpec, plans: Path) -> None:
+    while pending or active:
+        while pending and len(active) < jobs:
+            active.append(start_worker(pending.pop(0), jobs, fresh, spec, plans))
+        time.sleep(1.0)
+        collect_finished(active)
+
+
+def execute(bench: Benchmark, fresh: bool, jobs: int, cache: ClipCache, times: dict) -> None:
+    """Train and evaluate the selected runs (reusing finished ones); read each run's metrics."""
+    t0 = time.perf_counter()
+    if jobs > 1:
+        run_in_parallel(bench.runs, jobs, fresh, bench.spec, bench.runs_dir)
+    for run in bench.runs:
+        if jobs == 1:
+            ensure_trained(run, fresh)
+        ensure_evaluated(run, bench.spec, cache)  # with jobs > 1: reads the worker's eval.json
+        run.records = RunFolder(run.cfg.out_dir).records()
+    times["train_s"] = sum(r.train_s for r in bench.runs)
+    times["eval_s"] = sum(r.eval_s for r in bench.runs)
+    times["runs_wall_s"] = time.perf_counter() - t0
+    times["jobs"] = jobs

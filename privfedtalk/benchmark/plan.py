@@ -1,0 +1,254 @@
+"""What the benchmark runs: its rows (method keys on a shared budget), the federated runs they need
+(rows with identical configs share one), and the evaluation every run gets."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from privfedtalk.federated.store import run_signature
+
+EVAL_VERSION = 1
+
+
+@dataclass
+class Run:
+    """One federated training (a row at a seed); several logical rows may share it."""
+
+    key: str  # "fedavg/seed0": its folder under OUT/PRESET/runs/
+    cfg: object
+    status: str = "pending"
+    train_s: float = 0.0
+    eval_s: float = 0.0
+    eval: dict | None = None
+    records: list = field(default_factory=list)
+
+
+@dataclass
+class Row:
+    name: str  # what --only takes
+    table: str  # main | ablation | privacy
+    label: str
+    config_file: str
+    overrides: list[str]
+    seeds: list[int]
+    target_epsilon: float | None = None
+    note: str = ""
+    runs: dict = field(default_factory=dict)  # seed -> Run
+
+
+@dataclass
+class EvalSpec:
+    """What every run is evaluated on: the same identities' held-out clips, DDIM steps, FID network."""
+
+    identities: list
+    steps: int | None = None
+    inception: str | None = None  # local TorchScript Inception file; None: FID is "n/a"
+
+    def settings(self, seed: int) -> dict:
+        out = {
+            "identities": self.identities,
+            "sample_steps": self.steps,
+            "seed": seed,
+            "version": EVAL_VERSION,
+        }
+        if self.inception:
+            out["inception"] = self.inception
+        return out
+
+
+@dataclass
+class Benchmark:
+    """One invocation's plan: the backbone, the shared budget, every row and the runs selected."""
+
+    preset_name: str
+    preset: dict
+    data: Path
+    checkpoint: Path
+    split: dict
+    base: object  # the fedavg config with the shared overrides: the budget every row gets
+    budget: dict
+    seeds: int
+    rows: list[Row]
+    selected: list[Row]
+    runs: list[Run]  # the selected rows' runs, each once, in row order
+    spec: EvalSpec
+    runs_dir: Path  # OUT/PRESET/runs/
+
+
+def _eps(value: float) -> str:
+    return "inf" if math.isinf(value) else f"{value:g}"
+
+
+def privacy_overrides(target_epsilon: float) -> list[str]:
+    """Secure aggregation always; client-level DP calibrated to target ε (inf: DP off); Poisson sampling."""
+    keys = ["privacy.secure_aggregation=true", "federated.sampling=poisson"]
+    if math.isinf(target_epsilon):
+        return keys + ["privacy.dp=false"]
+    return keys + ["privacy.dp=true", f"privacy.target_epsilon={float(target_epsilon)}"]
+
+
+ISFA_TDC = ["federated.method=isfa", "federated.lambda_tdc=0.1"]
+
+
+def main_rows(target: float, seeds: list[int], budget: dict, private_identities: int) -> list[Row]:
+    """The main table: PrivFedTalk against its baselines, on every seed (centralized: seed 0)."""
+    centralized = [
+        f"federated.partition.identities_per_client={private_identities}",
+        "federated.clients_per_round=1",
+        f"federated.local_steps={budget['clients_per_round'] * budget['local_steps']}",
+    ]
+    return [
+        Row(
+            "local-only",
+            "main",
+            "local-only",
+            "fedavg.yaml",
+            ["federated.server_lr=0.0"],
+            seeds,
+            note="no federation: server_lr=0, so the global shared adapter never changes (clients still "
+            "train it locally each round, and that part is thrown away); what each client keeps is its "
+            "identity adapter. Nothing needs uploading, so upload is reported as 0",
+        ),
+        Row("fedavg", "main", "FedAvg", "fedavg.yaml", [], seeds),
+        Row("fedprox", "main", "FedProx (mu=0.01)", "fedprox.yaml", ["federated.mu=0.01"], seeds),
+        Row(
+            "privfedtalk",
+            "main",
+            f"PrivFedTalk (ε={_eps(target)})",
+            "privfedtalk.yaml",
+            ISFA_TDC + privacy_overrides(target),
+            seeds,
+            target_epsilon=target,
+        ),
+        Row(
+            "centralized",
+            "main",
+            "centralized (non-private upper bound)",
+            "fedavg.yaml",
+            centralized,
+            [0],
+            note="one client owning every private identity, clients_per_round x local_steps local steps "
+            "per round (same optimizer steps as the others), seed 0 only; upload not applicable",
+        ),
+    ]
+
+
+def ablation_rows(target: float) -> list[Row]:
+    """Each component added alone to adapters-only FedAvg, seed 0."""
+    private = privacy_overrides(target)
+    return [
+        Row("adapters-only", "ablation", "adapters only (FedAvg)", "fedavg.yaml", [], [0]),
+        Row("+isfa", "ablation", "+ ISFA", "fedavg.yaml", ["federated.method=isfa"], [0]),
+        Row("+tdc", "ablation", "+ TDC (λ=0.1)", "fedavg.yaml", ["federated.lambda_tdc=0.1"], [0]),
+        Row("+dp", "ablation", f"+ SecAgg + DP (ε={_eps(target)})", "fedavg.yaml", private, [0], target),
+        Row("full", "ablation", "full PrivFedTalk", "privfedtalk.yaml", ISFA_TDC + private, [0], target),
+    ]
+
+
+def privacy_rows(epsilons) -> list[Row]:
+    """The privacy-utility sweep of the full method, seed 0."""
+    return [
+        Row(
+            f"eps-{_eps(eps)}",
+            "privacy",
+            f"target ε={_eps(eps)}" + (" (DP off, SecAgg on)" if math.isinf(eps) else ""),
+            "privfedtalk.yaml",
+            ISFA_TDC + privacy_overrides(eps),
+            [0],
+            target_epsilon=float(eps),
+        )
+        for eps in epsilons
+    ]
+
+
+def row_definitions(preset: dict, seeds: int, budget: dict, private_identities: int) -> list[Row]:
+    """Every row of the three tables; budget = the resolved clients_per_round and local_steps."""
+    target = float(preset["target_epsilon"])
+    return (
+        main_rows(target, list(range(seeds)), budget, private_identities)
+        + ablation_rows(target)
+        + privacy_rows(preset["epsilons"])
+    )
+
+
+def row_names(preset: dict) -> list[str]:
+    return [r.name for r in row_definitions(preset, 1, {"clients_per_round": 1, "local_steps": 1}, 1)]
+
+
+def folder_name(row_name: str) -> str:
+    return row_name.replace("+", "plus-")
+
+
+def plan_runs(rows: list[Row], common: list[str], cli_overrides: list[str], runs_dir: Path) -> dict:
+    """Build each row's configs; rows with identical configs share one run (the first row names it)."""
+    from privfedtalk.config import load_config
+
+    runs: dict[str, Run] = {}
+    by_signature: dict[str, Run] = {}
+    for row in rows:
+        for seed in row.seeds:
+            # Command-line overrides (threads=1, device=...) apply to every row; the row's method keys
+            # and the seed come last, so that rows keep differing only in those.
+            cfg = load_config(row.config_file, common + cli_overrides + row.overrides + [f"seed={seed}"])
+            sig = run_signature(cfg)
+            if sig not in by_signature:
+                key = f"{folder_name(row.name)}/seed{seed}"
+                cfg.out_dir = str(runs_dir / key)
+                by_signature[sig] = runs[key] = Run(key, cfg)
+            row.runs[seed] = by_signature[sig]
+    return runs
+
+
+def common_overrides(preset: dict, data: Path, checkpoint: Path) -> list[str]:
+    """The backbone, corpus and budget keys every run shares (before the command line's)."""
+    generator = json.loads((Path(checkpoint) / "generator.json").read_text())
+    return [
+        f"data.root={Path(data).resolve()}",
+        f"data.size={generator['size']}",
+        f"federated.checkpoint={Path(checkpoint).resolve()}",
+        "federated.eval_every=0",
+    ] + list(preset["federated"])
+
+
+def plan_benchmark(
+    preset_name: str, preset: dict, data: Path, checkpoint: Path, args, runs_dir: Path
+) -> Benchmark:
+    """Rows, runs and evaluation of this invocation (args: overrides, seeds, only, inception)."""
+    from privfedtalk.config import load_config
+    from privfedtalk.data.corpus import read_split
+
+    split = read_split(data)
+    if not split or not split.get("private"):
+        raise SystemExit(f"{data}: no split.json with private identities")
+    common = common_overrides(preset, data, checkpoint)
+    base = load_config("fedavg.yaml", common + args.overrides)
+    budget = {
+        "clients_per_round": int(base.federated.clients_per_round),
+        "local_steps": int(base.federated.local_steps),
+    }
+    seeds = args.seeds or int(preset["seeds"])
+    rows = row_definitions(preset, seeds, budget, len(split["private"]))
+    plan_runs(rows, common, args.overrides, runs_dir)
+    selected = [r for r in rows if not args.only or r.name in args.only]
+    runs = list({id(run): run for row in selected for run in row.runs.values()}.values())
+    identities = list(split["private"][: preset["eval_clients"] or None])
+    inception = str(args.inception.resolve()) if args.inception else None
+    spec = EvalSpec(identities, preset["eval_sample_steps"], inception)
+    return Benchmark(
+        preset_name,
+        preset,
+        data,
+        checkpoint,
+        split,
+        base,
+        budget,
+        seeds,
+        rows,
+        selected,
+        runs,
+        spec,
+        runs_dir,
+    )
