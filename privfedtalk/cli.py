@@ -1,4 +1,4 @@
-"""`privfedtalk` command line: synth, prepare, pretrain, train, generate, evaluate, demo."""
+"""`privfedtalk` command line: synth, prepare, pretrain, train, audit, generate, evaluate, demo."""
 
 from __future__ import annotations
 
@@ -69,6 +69,18 @@ def cmd_train(args) -> None:
     else:
         run_dir = train(load_config(args.config, args.overrides))
     log.info("run folder: %s (metrics.jsonl, tensorboard/, clients/)", run_dir)
+
+
+def cmd_audit(args) -> None:
+    from privfedtalk.config import load_config
+    from privfedtalk.federated.canaries import audit_run
+
+    if args.canaries < 2:
+        raise PrivFedTalkError(f"--canaries {args.canaries}: the audit needs at least 2 (e.g. 200)")
+    summary = audit_run(
+        load_config(args.config, args.overrides), args.canaries, args.audit_seed, args.bootstrap
+    )
+    print(json.dumps(summary))
 
 
 def load_model(args):
@@ -250,6 +262,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value overrides")
     p.add_argument("--resume", help="continue RUN_DIR from its last completed round")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "audit", help="train with canary clients and estimate ε empirically next to the accountant's"
+    )
+    p.add_argument("config", nargs="?", help="YAML config, or a shipped one (e.g. privfedtalk)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    p.add_argument("--canaries", type=int, default=200, help="canary clients inserted (as many held out)")
+    p.add_argument("--audit-seed", type=int, default=0, help="seed of the canary directions")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the interval")
+    p.set_defaults(func=cmd_audit)
 
     for name, helptext in (("generate", "write a talking-head mp4"), ("evaluate", "score held-out clips")):
         p = sub.add_parser(name, help=helptext)

@@ -85,6 +85,8 @@ class ClientLoader:
         self.store = store
 
     def load(self, spec: ClientSpec) -> ClientData:
+        if not spec.identities:  # a client without data (an audit's canary): nothing to read or cache
+            return ClientData(spec.client_id, [], [], [])
         cached = self.store.load_latents(spec.client_id)
         if cached is None:
             cached = self._encode(spec)

@@ -166,6 +166,8 @@ def _median(values) -> float | None:
 
 
 def _mean(values) -> float | None:
+    """Mean of the finite values (a canary client trains nothing and reports NaN loss)."""
+    values = [v for v in values if math.isfinite(v)]
     return float(np.mean(values)) if values else None
 
 
