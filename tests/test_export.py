@@ -37,8 +37,8 @@ def dp_run(tiny_corpus, tiny_checkpoint, tmp_path_factory):
             f"federated.checkpoint={tiny_checkpoint}",
             "federated.clients_per_round=2",
             "privacy.dp=true",
+            "privacy.noise=trusted",
             "privacy.noise_multiplier=1.0",
-            "privacy.clip_norm=1.0",
         ],
     )
     return simulation.train(cfg)
