@@ -15,6 +15,7 @@ Folder layout (every tensor file is safetensors):
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from dataclasses import asdict
@@ -153,7 +154,10 @@ def privacy_lines(cfg, record: dict) -> list[str]:
         ("epsilon_server_median", "ε against the server, median client"),
     ):
         value = record.get(key)
-        lines.append(f"- {label} (`{key}`): {'not recorded' if value is None else f'{value:.6g}'}")
+        text = "not recorded" if value is None else f"{value:.6g}"
+        if value is not None and math.isinf(value) and key.startswith("epsilon_server"):
+            text += " (no guarantee against this adversary: it sees updates before the noise)"
+        lines.append(f"- {label} (`{key}`): {text}")
     return lines
 
 

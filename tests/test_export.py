@@ -233,3 +233,20 @@ def test_export_into_an_empty_folder_works(dp_run, tmp_path):
     export_model(dp_run, tmp_path / "empty")
     assert (tmp_path / "empty" / "unet" / "config.json").is_file()
     assert not list(tmp_path.glob(".*partial"))
+
+
+def test_federated_unet_exports_the_aggregated_backbone(tiny_federated_config, tmp_path):
+    """federate=unet: the whole U-Net is the global state; unet/ holds it and there is no shared adapter."""
+    run = simulation.train(tiny_federated_config("federated.rounds=1", "federated.federate=unet"))
+    out = export_model(run, tmp_path / "model", merge=True)
+    assert not (out / "unet_shared_adapter").exists() and not (out / "identity_adapter").exists()
+    global_model, _ = load_personalized_model(run, None)
+    inputs = unet_inputs(global_model.unet, seed=3)
+    exported = UNet2DConditionModel.from_pretrained(out / "unet").eval()
+    torch.testing.assert_close(output(exported, inputs), output(global_model.unet, inputs), rtol=0, atol=1e-5)
+    backbone = UNet2DConditionModel.from_pretrained(
+        RunFolder(run).load_config().federated.checkpoint + "/unet"
+    )
+    assert (output(backbone.eval(), inputs) - output(exported, inputs)).abs().max() > 1e-4
+    card = (out / "README.md").read_text()
+    assert "the whole backbone was aggregated" in card and "differential privacy: off" in card
