@@ -1,4 +1,4 @@
-"""`privfedtalk` command line: synth, prepare, pretrain, train, audit, generate, evaluate, demo."""
+"""`privfedtalk` command line: synth, prepare, pretrain, train, audit, export, generate, evaluate, demo."""
 
 from __future__ import annotations
 
@@ -83,11 +83,27 @@ def cmd_audit(args) -> None:
     print(json.dumps(summary))
 
 
+def cmd_export(args) -> None:
+    from privfedtalk.export import export_model
+
+    out = export_model(args.run, args.out, client=args.client, merge=args.merge)
+    log.info("wrote %s (diffusers folders, peft adapters, model card README.md)", out)
+
+
 def load_model(args):
-    """Generator + identity encoder from a checkpoint, or from a federated run and one client."""
+    """Generator + identity encoder from a checkpoint, or from a federated run and one client.
+
+    An exported model (--model) has no identity encoder: (generator, None).
+    """
     from privfedtalk.model.generator import TalkingHeadGenerator
     from privfedtalk.model.identity import IdentityEncoder
 
+    if getattr(args, "model", None):
+        if args.run or args.checkpoint:
+            raise PrivFedTalkError("give --model DIR alone (not with --run or --checkpoint)")
+        from privfedtalk.export import load_exported_model
+
+        return load_exported_model(args.model), None
     if getattr(args, "run", None):
         from privfedtalk.federated.models import load_personalized_model
 
@@ -281,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--threads", type=int, default=2)
         if name == "generate":
+            p.add_argument("--model", help="a folder written by `privfedtalk export`")
             p.add_argument("--reference", required=True, help="image or video of the identity")
             p.add_argument("--audio", required=True, help="wav or mp4 with the driving audio")
             p.add_argument("--out", required=True)
@@ -300,6 +317,15 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--per-clip", action="store_true")
             p.add_argument("--json", action="store_true")
             p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", help="write a run's model as diffusers + peft folders with a model card")
+    p.add_argument("--run", required=True, help="federated run folder")
+    p.add_argument("--client", help="also export this client's identity adapter")
+    p.add_argument("--out", required=True, help="new (or empty) folder to write")
+    p.add_argument(
+        "--merge", action="store_true", help="merge the shared adapter into unet/ instead of a peft folder"
+    )
+    p.set_defaults(func=cmd_export)
 
     from privfedtalk.data.prepare import add_prepare_parser
 
