@@ -75,6 +75,11 @@ def cmd_audit(args) -> None:
     from privfedtalk.config import load_config
     from privfedtalk.federated.canaries import audit_run
 
+    if args.membership:
+        from privfedtalk.privacy.membership_attack import membership_attack
+
+        print(json.dumps(membership_attack(args.membership)))
+        return
     if args.canaries < 2:
         raise PrivFedTalkError(f"--canaries {args.canaries}: the audit needs at least 2 (e.g. 200)")
     summary = audit_run(
@@ -287,6 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--canaries", type=int, default=200, help="canary clients inserted (as many held out)")
     p.add_argument("--audit-seed", type=int, default=0, help="seed of the canary directions")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the interval")
+    p.add_argument(
+        "--membership",
+        metavar="RUN",
+        help="instead: loss-based membership inference on a trained run (global vs personalized models)",
+    )
     p.set_defaults(func=cmd_audit)
 
     for name, helptext in (("generate", "write a talking-head mp4"), ("evaluate", "score held-out clips")):
