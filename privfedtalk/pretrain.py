@@ -64,7 +64,7 @@ def train_vae(vae, clips, vae_cfg, seed: int, writer=None, precision: Precision 
         pixels = to_unit_float(frames[pick]).to(next(vae.parameters()).device)
         with precision.autocast():
             posterior = vae.encode(pixels).latent_dist
-            recon = vae.decode(posterior.sample(generator=None)).sample.float()
+            recon = vae.decode(posterior.sample(generator=generator)).sample.float()
         rec_loss = F.mse_loss(recon, pixels) + 0.5 * F.l1_loss(recon, pixels)
         kl = posterior.kl().float().mean() / pixels[0].numel()
         loss = rec_loss + vae_cfg.kl_weight * kl

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import resource
 import sys
 from pathlib import Path
@@ -13,9 +14,31 @@ log = logging.getLogger("privfedtalk")
 
 
 def setup_torch(threads: int) -> None:
-    """Set the thread count explicitly: oversubscribed CPUs slow a step several-fold."""
+    """Set the thread count explicitly and ask torch for deterministic kernels.
+
+    The thread count is explicit because oversubscribed CPUs slow a step several-fold, and because it
+    is part of what a run computes: CPU kernels split their reductions over threads, so the same seed
+    at 1 and at 2 threads gives weights that differ in the last bits (and more after many steps). At a
+    fixed thread count a CPU run is bit-reproducible; `make_deterministic` covers CUDA.
+    """
     if threads > 0:
         torch.set_num_threads(threads)
+    make_deterministic()
+
+
+def make_deterministic() -> None:
+    """Same seed, same numbers: deterministic kernels where torch has them, no autotuned algorithms.
+
+    cuDNN's benchmark mode times several convolution algorithms and keeps the fastest, which can differ
+    from one process to the next; cuBLAS needs a fixed workspace (CUBLAS_WORKSPACE_CONFIG, read when
+    CUDA starts) to reduce in a fixed order. Ops without a deterministic kernel only warn (warn_only),
+    so no configuration stops running. On CPU the kernels used here are deterministic already; the
+    settings are for CUDA, where they may cost some speed (not measured here: no GPU in CI).
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -1,0 +1,95 @@
+"""Same seed, same numbers: backbone pretraining and non-DP federated runs repeat bit for bit, and the
+thread count they ran at is the explicit part of what they compute (the benchmark's re-run check)."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from privfedtalk.config import load_config
+from privfedtalk.demo import QUICK
+from privfedtalk.federated import simulation
+from privfedtalk.pretrain import pretrain
+from privfedtalk.runtime import setup_torch
+
+
+@pytest.fixture(autouse=True)
+def restore_torch_settings():
+    """setup_torch changes process-wide torch state; give the other tests back what they had."""
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+
+
+def tensors_of(folder, pattern: str) -> dict[str, torch.Tensor]:
+    """Every tensor of the safetensors files under folder matching pattern, keyed by file/tensor."""
+    found = {}
+    for path in sorted(folder.rglob(pattern)):
+        for name, tensor in load_file(str(path)).items():
+            found[f"{path.relative_to(folder)}/{name}"] = tensor
+    assert found, f"no {pattern} under {folder}"
+    return found
+
+
+def assert_bit_identical(first: dict, second: dict) -> None:
+    assert first.keys() == second.keys()
+    for key in first:
+        assert torch.equal(first[key], second[key]), f"{key} differs between two runs with the same seed"
+
+
+def differs_somewhere(first: dict, second: dict) -> bool:
+    return any(not torch.equal(first[key], second[key]) for key in first)
+
+
+def pretrained_weights(corpus, out, *extra) -> dict[str, torch.Tensor]:
+    overrides = [f"data.root={corpus}", "data.size=32", f"out_dir={out}", *QUICK["pretrain"], "threads=1"]
+    checkpoint = pretrain(load_config(None, overrides + list(extra)))
+    return tensors_of(checkpoint, "*.safetensors")
+
+
+def test_pretraining_twice_with_one_seed_gives_identical_weights_and_another_seed_does_not(
+    tiny_corpus, tmp_path
+):
+    first = pretrained_weights(tiny_corpus, tmp_path / "a")
+    assert_bit_identical(first, pretrained_weights(tiny_corpus, tmp_path / "b"))
+    # The comparison can fail: another seed moves the weights.
+    assert differs_somewhere(first, pretrained_weights(tiny_corpus, tmp_path / "c", "seed=1"))
+
+
+def federated_state(make_config, out_dir, *extra) -> dict[str, torch.Tensor]:
+    """Global shared adapter and every client's identity adapter after a short non-DP FedAvg run."""
+    simulation.train(make_config(f"out_dir={out_dir}", "federated.rounds=2", "threads=1", *extra))
+    state = tensors_of(out_dir, "global_shared.safetensors")
+    state.update(tensors_of(out_dir / "clients", "identity_adapter.safetensors"))
+    return state
+
+
+def test_non_dp_federated_run_twice_with_one_seed_is_bit_identical(tiny_federated_config, tmp_path):
+    first = federated_state(tiny_federated_config, tmp_path / "a")
+    assert_bit_identical(first, federated_state(tiny_federated_config, tmp_path / "b"))
+    assert differs_somewhere(first, federated_state(tiny_federated_config, tmp_path / "c", "seed=1"))
+
+
+def test_federated_run_uses_the_configured_thread_count(tiny_federated_config, tmp_path):
+    """The thread count is part of the computation, so a run must not inherit the caller's."""
+    torch.set_num_threads(2)
+    simulation.train(tiny_federated_config(f"out_dir={tmp_path / 'run'}", "federated.rounds=1", "threads=1"))
+    assert torch.get_num_threads() == 1
+
+
+def test_setup_torch_asks_for_deterministic_kernels_without_failing_on_ops_that_have_none():
+    torch.use_deterministic_algorithms(False)
+    setup_torch(1)
+    assert torch.are_deterministic_algorithms_enabled()
+    assert torch.is_deterministic_algorithms_warn_only_enabled()
+    assert not torch.backends.cudnn.benchmark
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # An op with no deterministic CUDA kernel still runs (on CPU it simply computes).
+        torch.zeros(3).index_add_(0, torch.tensor([0, 0]), torch.ones(2))
