@@ -48,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--jobs",
         type=int,
-        help="runs trained and evaluated at once, each in its own process with threads/jobs torch "
-        "threads (default: the preset's)",
+        help="runs trained and evaluated at once, each in its own process with the preset's "
+        "run_threads torch threads (default: the preset's jobs)",
     )
     parser.add_argument(
         "--inception",

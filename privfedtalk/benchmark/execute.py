@@ -35,7 +35,7 @@ def check_cache(cache: Path, preset_name: str, wanted: dict) -> dict:
     """The cache's meta.json ({} if new); refuses a cache built with other corpus/backbone settings."""
     meta_file = cache / "meta.json"
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-    built = {"synth": meta.get("synth"), "pretrain": meta.get("pretrain")}
+    built = {key: meta.get(key) for key in wanted}
     if meta and built != json.loads(json.dumps(wanted)):
         raise SystemExit(
             f"{cache} was built with other corpus/backbone settings than preset {preset_name!r} now has; "
@@ -79,7 +79,8 @@ def prepare_backbone(preset_name: str, preset: dict, out: Path, cli_overrides: l
     """Corpus + backbone of the preset, built once under OUT/cache/PRESET/."""
     cache = out / "cache" / preset_name
     data = cache / "data"
-    wanted = {"synth": preset["synth"], "pretrain": preset["pretrain"]}
+    # The command line's overrides (threads=, device=) reach pretraining too and change the backbone.
+    wanted = {"synth": preset["synth"], "pretrain": preset["pretrain"], "pretrain_overrides": cli_overrides}
     meta = check_cache(cache, preset_name, wanted)
     build_corpus(data, preset, meta, times)
     checkpoint = build_backbone(cache / "pretrain", data, preset, cli_overrides, meta, times)
@@ -238,8 +239,9 @@ def run_worker(plan: Path) -> dict:
 def run_in_parallel(runs: list[Run], jobs: int, fresh: bool, spec: EvalSpec, runs_dir: Path):
     """Train + evaluate `runs`, `jobs` at a time, each in its own process (`--worker`).
 
-    Each worker gets max(1, threads // jobs) torch threads: on a 2-core CPU two 1-thread runs finish
-    sooner than one 2-thread run after another (small convolutions scale poorly across threads).
+    Each worker uses the run's own thread count (the preset's run_threads): on a 2-core CPU two
+    1-thread runs finish sooner than one 2-thread run after another (small convolutions scale poorly
+    across threads), and the numbers do not depend on --jobs.
     A run's folder is written only by its own worker; a failed worker stops the benchmark, naming its log.
     """
     plans = runs_dir / ".jobs"
@@ -275,7 +277,7 @@ def start_worker(run: Run, jobs: int, fresh: bool, spec: EvalSpec, plans: Path) 
     from omegaconf import OmegaConf
 
     name = run.key.replace("/", "_")
-    threads = max(1, int(run.cfg.threads) // jobs)
+    threads = int(run.cfg.threads)  # the run's own (preset run_threads), whatever --jobs is
     config_file = plans / f"{name}.yaml"
     config_file.write_text(OmegaConf.to_yaml(run.cfg))
     plan = plans / f"{name}.json"

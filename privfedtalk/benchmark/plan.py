@@ -210,6 +210,9 @@ def common_overrides(preset: dict, data: Path, checkpoint: Path) -> list[str]:
         f"data.size={generator['size']}",
         f"federated.checkpoint={Path(checkpoint).resolve()}",
         "federated.eval_every=0",
+        # The thread count changes floating-point sums, hence the numbers: fixed per preset, so that
+        # --jobs only changes scheduling (a threads= on the command line still wins).
+        f"threads={preset.get('run_threads', 1)}",
     ] + list(preset["federated"])
 
 

@@ -7,6 +7,8 @@ Every preset holds
              batch_windows, lr, server_lr); rows differ only in method keys (see plan.row_definitions);
   seeds      seeds of the main table (rows local-only, fedavg, fedprox, privfedtalk); --seeds overrides;
   jobs       runs trained at once, each in its own process (default 1); --jobs overrides;
+  run_threads torch threads of every run (default 1), whatever --jobs is: the thread count changes
+             floating-point results, so it is part of what a row measures;
   eval_clients       held-out evaluation of the first K private identities' clients (None: all);
   eval_sample_steps  DDIM steps at evaluation (None: the checkpoint's model.diffusion.sample_steps);
   target_epsilon     the privfedtalk row's ε (δ = privacy.delta);

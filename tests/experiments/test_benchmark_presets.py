@@ -34,3 +34,19 @@ def test_preset_keys_load_and_its_backbone_takes_a_training_step(name):
     out["total"].backward()
     grads = [p.grad for p in model.unet.parameters() if p.grad is not None]
     assert torch.isfinite(out["total"]) and grads and all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_run_of_a_preset_has_its_fixed_thread_count(name, tmp_path):
+    """The thread count changes floating-point results, so it is the preset's, not --jobs' (workers used
+    to get threads // jobs, so the same row gave other numbers with another --jobs)."""
+    import json
+
+    from privfedtalk.benchmark import execute, plan
+
+    (tmp_path / "generator.json").write_text(json.dumps({"size": 32}))
+    preset = PRESETS[name]
+    common = plan.common_overrides(preset, tmp_path, tmp_path)
+    assert load_config("fedavg.yaml", common).threads == preset.get("run_threads", 1)
+    assert load_config("fedavg.yaml", common + ["threads=3"]).threads == 3  # the command line wins
+    assert "// jobs" not in inspect.getsource(execute.start_worker)
