@@ -703,7 +703,6 @@ def synthesize_corpus(
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     num = int(round(seconds * fps))
-    n_audio = int(round(num / fps * SAMPLE_RATE))
     names = [identity_name(k) for k in range(identities)]
     n_pub = int(math.floor(identities * public_fraction + 0.5))
     if identities >= 2:
@@ -717,67 +716,19 @@ def synthesize_corpus(
         manifest_clips[ident] = []
         n_clips = clips if k < n_pub or private_clips is None else private_clips
         for c in range(n_clips):
-            rng = np.random.default_rng([seed, k, 1000 + c])
-            audio, env = synth_speech(rng, n_audio / SAMPLE_RATE, face.f0, face.formant_scale, face.breath)
-            centres = np.rint((np.arange(num) + 0.5) / fps * SAMPLE_RATE).astype(int)
-            if k >= n_pub and private_mouth_lag:  # frame t shows the mouth of audio frame t - lag
-                centres = centres[np.maximum(np.arange(num) - private_mouth_lag, 0)]
-            mouth = np.round(env[np.minimum(centres, n_audio - 1)].astype(np.float64), 4)
-            offsets = _head_motion(rng, num, size, fps)
-            blink = np.round(_blinks(rng, num, fps), 4)
             trained = len(split_heldout(range(n_clips), heldout_clips)[0])
             kind = corrupted.get(ident) if c < trained else None
-            # A stream of its own, so the clean clip's draws above are the same with or without corruption.
-            damage = np.random.default_rng([seed, k, 2000 + c])
-            record = None
-            if kind is Corruption.TEMPORAL:
-                jitter, gain = _temporal_noise(damage, num, size)
-                offsets = offsets + jitter
-                record = {"head_jitter": jitter.tolist(), "brightness_gain": gain.tolist()}
-            frames = render_clip(face, mouth, offsets, blink)
-            if kind is Corruption.TEMPORAL:
-                frames = np.clip(np.rint(frames * gain[:, None, None, None]), 0, 255).astype(np.uint8)
-            elif kind is Corruption.AUDIO_SHIFT:
-                audio, record = _shift_audio(damage, audio, fps)
-            elif kind is Corruption.IDENTITY:
-                record = _contaminate_identity(
-                    damage, frames, seed, k, identities, size, mouth, offsets, blink
-                )
-            elif kind is Corruption.OCCLUSION:
-                record = _occlude(damage, frames, face, offsets)
+            lag = private_mouth_lag if k >= n_pub else 0
+            frames, audio, truth = _synth_clip(face, seed, k, c, num, fps, size, lag, kind, identities)
             stem = root / ident / clip_name(c)
             write_video(stem.with_suffix(".mp4"), frames, fps, audio, SAMPLE_RATE)
-            truth = {
-                "fps": float(fps),
-                "size": int(size),
-                "sample_rate": SAMPLE_RATE,
-                "num_frames": num,
-                "identity": ident,
-                "clip": clip_name(c),
-                "seed": int(seed),
-                "mouth_open": mouth.tolist(),
-                "mouth_box": _mouth_box(face, offsets),
-                "head_offset": offsets.tolist(),
-                "blink": blink.tolist(),
-            }
+            truth.update(identity=ident, clip=clip_name(c))
             if kind is not None:
-                truth["corruption"] = {"kind": kind.value, **record}
                 corrupted_clips[ident].append(clip_name(c))
             stem.with_suffix(".json").write_text(json.dumps(truth, sort_keys=True) + "\n")
             manifest_clips[ident].append(f"{ident}/{clip_name(c)}.mp4")
     split = {"public": names[:n_pub], "private": names[n_pub:]}
-    scenario = None
-    if kinds:
-        scenario = {
-            "kinds": [kind.value for kind in kinds],
-            "fraction": float(corrupt_fraction),
-            "heldout_clips": int(heldout_clips),
-            "parameters": {kind.value: CORRUPTION_PARAMETERS[kind] for kind in dict.fromkeys(kinds)},
-            "identities": {
-                ident: {"kind": kind.value, "clips": corrupted_clips[ident]}
-                for ident, kind in corrupted.items()
-            },
-        }
+    scenario = _scenario(kinds, corrupt_fraction, heldout_clips, corrupted, corrupted_clips)
     written = split if scenario is None else {**split, "corruption": scenario}
     (root / "split.json").write_text(json.dumps(written, indent=1, sort_keys=True) + "\n")
     return {
@@ -792,4 +743,67 @@ def synthesize_corpus(
         "num_frames": num,
         "sample_rate": SAMPLE_RATE,
         "seed": int(seed),
+    }
+
+
+def _synth_clip(
+    face, seed: int, k: int, c: int, num: int, fps: float, size: int, lag: int, kind, identities: int
+):
+    """Clip c of identity k: (frames, audio, ground-truth sidecar without identity/clip names).
+
+    `lag` > 0: frame t shows the mouth of audio frame t - lag. `kind`: the corruption of a training clip
+    (None: clean); its draws come from a stream of their own, so the clean draws are the same either way.
+    """
+    n_audio = int(round(num / fps * SAMPLE_RATE))
+    rng = np.random.default_rng([seed, k, 1000 + c])
+    audio, env = synth_speech(rng, n_audio / SAMPLE_RATE, face.f0, face.formant_scale, face.breath)
+    centres = np.rint((np.arange(num) + 0.5) / fps * SAMPLE_RATE).astype(int)
+    if lag:
+        centres = centres[np.maximum(np.arange(num) - lag, 0)]
+    mouth = np.round(env[np.minimum(centres, n_audio - 1)].astype(np.float64), 4)
+    offsets = _head_motion(rng, num, size, fps)
+    blink = np.round(_blinks(rng, num, fps), 4)
+    damage = np.random.default_rng([seed, k, 2000 + c])
+    record = None
+    if kind is Corruption.TEMPORAL:
+        jitter, gain = _temporal_noise(damage, num, size)
+        offsets = offsets + jitter
+        record = {"head_jitter": jitter.tolist(), "brightness_gain": gain.tolist()}
+    frames = render_clip(face, mouth, offsets, blink)
+    if kind is Corruption.TEMPORAL:
+        frames = np.clip(np.rint(frames * gain[:, None, None, None]), 0, 255).astype(np.uint8)
+    elif kind is Corruption.AUDIO_SHIFT:
+        audio, record = _shift_audio(damage, audio, fps)
+    elif kind is Corruption.IDENTITY:
+        record = _contaminate_identity(damage, frames, seed, k, identities, size, mouth, offsets, blink)
+    elif kind is Corruption.OCCLUSION:
+        record = _occlude(damage, frames, face, offsets)
+    truth = {
+        "fps": float(fps),
+        "size": int(size),
+        "sample_rate": SAMPLE_RATE,
+        "num_frames": num,
+        "seed": int(seed),
+        "mouth_open": mouth.tolist(),
+        "mouth_box": _mouth_box(face, offsets),
+        "head_offset": offsets.tolist(),
+        "blink": blink.tolist(),
+    }
+    if kind is not None:
+        truth["corruption"] = {"kind": kind.value, **record}
+    return frames, audio, truth
+
+
+def _scenario(kinds, corrupt_fraction: float, heldout_clips: int, corrupted: dict, corrupted_clips: dict):
+    """split.json's "corruption" record (None for a clean corpus)."""
+    if not kinds:
+        return None
+    return {
+        "kinds": [kind.value for kind in kinds],
+        "fraction": float(corrupt_fraction),
+        "heldout_clips": int(heldout_clips),
+        "parameters": {kind.value: CORRUPTION_PARAMETERS[kind] for kind in dict.fromkeys(kinds)},
+        "identities": {
+            ident: {"kind": kind.value, "clips": corrupted_clips[ident]} for ident, kind in corrupted.items()
+        },
     }
