@@ -228,7 +228,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="privfedtalk", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_synth(sub)
+    _add_training(sub)
+    _add_models(sub)
 
+    from privfedtalk.data.prepare import add_prepare_parser
+
+    add_prepare_parser(sub)
+
+    p = sub.add_parser("demo", help="synth -> pretrain -> evaluate on the embedded corpus")
+    p.add_argument("--out", default="demo_out")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, for smoke tests")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _add_synth(sub) -> None:
     p = sub.add_parser("synth", help="write the embedded synthetic talking-head corpus")
     p.add_argument("--out", required=True)
     p.add_argument("--identities", type=int, default=12)
@@ -271,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_synth)
 
+
+def _add_training(sub) -> None:
+    """pretrain, train, audit."""
     p = sub.add_parser("pretrain", help="train VAE + U-Net on the public identities")
     p.add_argument("config", nargs="?", help="YAML config, or a shipped one: pretrain")
     p.add_argument("overrides", nargs="*", help="key=value overrides")
@@ -299,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_audit)
 
+
+def _add_models(sub) -> None:
+    """generate, evaluate, export."""
     for name, helptext in (("generate", "write a talking-head mp4"), ("evaluate", "score held-out clips")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--checkpoint", help="pretrained checkpoint folder")
@@ -336,16 +357,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--merge", action="store_true", help="merge the shared adapter into unet/ instead of a peft folder"
     )
     p.set_defaults(func=cmd_export)
-
-    from privfedtalk.data.prepare import add_prepare_parser
-
-    add_prepare_parser(sub)
-
-    p = sub.add_parser("demo", help="synth -> pretrain -> evaluate on the embedded corpus")
-    p.add_argument("--out", default="demo_out")
-    p.add_argument("--quick", action="store_true", help="tiny sizes, for smoke tests")
-    p.set_defaults(func=cmd_demo)
-    return parser
 
 
 def main(argv=None) -> int:
