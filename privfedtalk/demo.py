@@ -75,53 +75,89 @@ def client_of_identity(run_dir: Path, identity: str) -> str | None:
 
 
 def run_demo(out: Path, quick: bool = False) -> dict:
-    from privfedtalk.data.corpus import split_heldout
-    from privfedtalk.data.media import write_video
-    from privfedtalk.data.synthetic import synthesize_corpus
-    from privfedtalk.evaluate import evaluate_clips, load_eval_clips
-    from privfedtalk.federated.models import load_personalized_model
-    from privfedtalk.federated.simulation import train
-    from privfedtalk.model.generator import TalkingHeadGenerator
-    from privfedtalk.model.identity import IdentityEncoder
-    from privfedtalk.pretrain import pretrain
+    """Corpus -> backbone -> backbone on held-out identities -> PrivFedTalk run -> sample videos.
 
+    Every phase reuses what an earlier (interrupted) demo in `out` already finished.
+    """
     preset = QUICK if quick else FULL
     out = out.resolve()  # run folders record absolute paths, so they can be read from anywhere
     out.mkdir(parents=True, exist_ok=True)
-    times = {}
+    times: dict[str, float] = {}
     started = time.perf_counter()
+    data = _timed(times, "synth_s", _corpus, out, preset)
+    checkpoint = _timed(times, "pretrain_s", _backbone, out, data, preset)
+    model, encoder, clips, backbone = _timed(
+        times, "evaluate_s", _evaluate_backbone, data, checkpoint, preset
+    )
+    fed_cfg = _timed(times, "federated_s", _federate, out, data, checkpoint, preset)
+    sample = _samples(out, model, clips[0], fed_cfg.out_dir)
+    times["total_s"] = time.perf_counter() - started
+    summary = _summary(backbone, RunFolder(fed_cfg.out_dir).records(), fed_cfg, sample, times)
+    (out / "demo_summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+    return summary
+
+
+def _timed(times: dict, key: str, phase, *args):
+    t0 = time.perf_counter()
+    result = phase(*args)
+    times[key] = time.perf_counter() - t0
+    return result
+
+
+def _common(data: Path, preset: dict) -> list[str]:
+    return [f"data.root={data}", f"data.size={preset['synth']['size']}"]
+
+
+def _corpus(out: Path, preset: dict) -> Path:
+    from privfedtalk.data.synthetic import synthesize_corpus
+
     data = out / "data"
     if not (data / "split.json").is_file():
         synthesize_corpus(data, seed=0, **preset["synth"])
-    times["synth_s"] = time.perf_counter() - started
+    return data
 
-    common = [f"data.root={data}", f"data.size={preset['synth']['size']}"]
+
+def _backbone(out: Path, data: Path, preset: dict) -> Path:
+    from privfedtalk.pretrain import pretrain
+
     checkpoint = out / "pretrain" / "checkpoint"
-    t0 = time.perf_counter()
     if not (checkpoint / "generator.json").is_file():
-        pretrain(load_config(None, common + preset["pretrain"] + [f"out_dir={out / 'pretrain'}"]))
-    times["pretrain_s"] = time.perf_counter() - t0
+        pretrain(
+            load_config(None, _common(data, preset) + preset["pretrain"] + [f"out_dir={out / 'pretrain'}"])
+        )
+    return checkpoint
 
-    # Held-out identities: the private identities, never seen in pretraining.
-    t0 = time.perf_counter()
+
+def _evaluate_backbone(data: Path, checkpoint: Path, preset: dict):
+    """The backbone on the held-out clips of the private identities (never seen in pretraining, and
+    the clips no client trains on: split_heldout with the config's data.heldout_clips)."""
+    from privfedtalk.data.corpus import split_heldout
+    from privfedtalk.evaluate import evaluate_clips, load_eval_clips
+    from privfedtalk.model.generator import TalkingHeadGenerator
+    from privfedtalk.model.identity import IdentityEncoder
+
     model = TalkingHeadGenerator.from_pretrained(checkpoint)
     encoder = IdentityEncoder.load(checkpoint)
-    by_identity = {}
+    heldout_count = load_config(None, _common(data, preset)).data.heldout_clips
+    by_identity: dict[str, list] = {}
     for clip in load_eval_clips(data, None, model.spec):
         by_identity.setdefault(clip.identity, []).append(clip)
-    # The held-out clips of each private identity (split_heldout: the ones no client trains on).
-    heldout = [c for clips in by_identity.values() for c in split_heldout(clips, 1)[1]]
+    heldout = [c for clips in by_identity.values() for c in split_heldout(clips, heldout_count)[1]]
     clips = heldout[: preset["eval_clips"]]
     backbone = evaluate_clips(model, encoder, clips, seed=0)
     backbone.pop("per_clip")
-    times["evaluate_s"] = time.perf_counter() - t0
+    return model, encoder, clips, backbone
 
-    # The method: PrivFedTalk (ISFA + TDC + secure aggregation + DP) over the private clients.
-    t0 = time.perf_counter()
+
+def _federate(out: Path, data: Path, checkpoint: Path, preset: dict):
+    """The method: PrivFedTalk (ISFA + TDC + secure aggregation + DP) over the private clients."""
+    from privfedtalk.federated.simulation import train
+
     run_dir = out / "privfedtalk_run"
     fed_cfg = load_config(
         "privfedtalk",  # the method config shipped in the package
-        common
+        _common(data, preset)
         + preset["pretrain"]
         + preset["federated"]
         + [f"federated.checkpoint={checkpoint}", f"out_dir={run_dir}"],
@@ -130,44 +166,44 @@ def run_demo(out: Path, quick: bool = False) -> dict:
         train(resume=str(run_dir))
     else:
         train(fed_cfg)
-    times["federated_s"] = time.perf_counter() - t0
-    records = RunFolder(run_dir).records()
-    last = records[-1]
+    return fed_cfg
 
-    # Sample videos: a held-out identity driven by its own held-out audio, with the audio muxed in;
-    # from the backbone, and from the client owning that identity (global shared + identity adapter).
+
+def _samples(out: Path, model, clip, run_dir) -> Path:
+    """A held-out identity driven by its own held-out audio (muxed in): from the backbone, and from the
+    client owning that identity (global shared + its identity adapter)."""
+    from privfedtalk.data.media import write_video
+    from privfedtalk.federated.models import load_personalized_model
+
     sample = out / "sample.mp4"
-    first = clips[0]
-    video = model.generate(first.frames[0], first.features, seed=0)
-    write_video(sample, video, first.fps, audio=first.audio, sample_rate=first.sample_rate)
-    owner = client_of_identity(run_dir, first.identity)
+    video = model.generate(clip.frames[0], clip.features, seed=0)
+    write_video(sample, video, clip.fps, audio=clip.audio, sample_rate=clip.sample_rate)
+    owner = client_of_identity(Path(run_dir), clip.identity)
     if owner is not None:
         personalized, _ = load_personalized_model(run_dir, owner)
-        video = personalized.generate(first.frames[0], first.features, seed=0)
+        video = personalized.generate(clip.frames[0], clip.features, seed=0)
         write_video(
-            out / "sample_personalized.mp4",
-            video,
-            first.fps,
-            audio=first.audio,
-            sample_rate=first.sample_rate,
+            out / "sample_personalized.mp4", video, clip.fps, audio=clip.audio, sample_rate=clip.sample_rate
         )
-    times["total_s"] = time.perf_counter() - started
+    return sample
 
-    summary = {
-        "heldout_identities_backbone": {
-            k: backbone[k]
-            for k in (
-                "clips",
-                "psnr",
-                "ssim",
-                "sync_corr",
-                "control_silence_sync_corr",
-                "control_other_audio_sync_corr",
-                "id_sim",
-                "jitter",
-            )
-            if k in backbone
-        },
+
+BACKBONE_KEYS = (
+    "clips",
+    "psnr",
+    "ssim",
+    "sync_corr",
+    "control_silence_sync_corr",
+    "control_other_audio_sync_corr",
+    "id_sim",
+    "jitter",
+)
+
+
+def _summary(backbone: dict, records: list, fed_cfg, sample: Path, times: dict) -> dict:
+    last = records[-1]
+    return {
+        "heldout_identities_backbone": {k: backbone[k] for k in BACKBONE_KEYS if k in backbone},
         "privfedtalk_run": {
             "rounds": len(records),
             "rounds_skipped": sum("skipped" in r for r in records),
@@ -176,12 +212,8 @@ def run_demo(out: Path, quick: bool = False) -> dict:
             "epsilon_server_median": last.get("epsilon_server_median"),
             "delta": fed_cfg.privacy.delta,
             "guarantee": last.get("guarantee"),
-            # The last round that aggregated (a skipped round has no loss).
             "final_released_norm": last.get("released_norm"),
         },
         "sample_video": str(sample),
         "seconds": {k: round(v, 1) for k, v in times.items()},
     }
-    (out / "demo_summary.json").write_text(json.dumps(summary, indent=2))
-    print(json.dumps(summary, indent=2))
-    return summary
