@@ -52,6 +52,7 @@ class Method(Choice):
     fedavg = "fedavg"  # weights ∝ sample count
     fedprox = "fedprox"  # FedAvg's weights; clients add (mu/2)·‖w − w_global‖² (mu > 0)
     isfa = "isfa"  # weights ∝ n·exp(γ·s), s from on-device reliability signals
+    isfa_threshold = "isfa_threshold"  # weight n if s >= signal_threshold, else 0 (robust baseline)
 
 
 class Federate(Choice):
@@ -199,7 +200,14 @@ class FederatedConfig:
     isfa_alpha: float = 0.5
     isfa_gamma: float = 4.0
     signal_bits: int = 4  # quantization of the reliability scalars (they stay on the client under DP)
-    signal_windows: int = 4
+    # Calibration [lo, hi] of the raw data signals (federated/signals.py): (x − lo)/(hi − lo) in [0, 1].
+    # Measured with experiments/signal_distributions.py on synthetic corpora: clean clips reach
+    # identity >= 0.95 and temporal >= 0.983 (32x32 and 64x64); half the frames of another identity
+    # give ~0.72 / 0.94, an occluding box ~0.875 / 0.976, jitter and flicker ~0.93 / 0.81.
+    signal_identity_range: list[float] = field(default_factory=lambda: [0.80, 0.95])
+    signal_temporal_range: list[float] = field(default_factory=lambda: [0.90, 0.98])
+    signal_threshold: float = 0.9  # isfa_threshold: clients with a score s below it get weight 0
+    signal_windows: int = 4  # unused since the signals read the client's frames; kept for old configs
     eval_every: int = 5
     eval_clips: int = 4  # held-out clips scored at each evaluation (0: none)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
@@ -363,6 +371,9 @@ def _validate_federated(fed) -> None:
     _require(fed.isfa_gamma >= 0, "federated.isfa_gamma", fed.isfa_gamma, "use >= 0")
     _require(1 <= fed.signal_bits <= 16, "federated.signal_bits", fed.signal_bits, "use 1..16")
     _require(fed.signal_windows >= 1, "federated.signal_windows", fed.signal_windows, "use >= 1")
+    for key in ("signal_identity_range", "signal_temporal_range"):
+        _validate_signal_range(f"federated.{key}", list(fed[key]))
+    _require(0 <= fed.signal_threshold <= 1, "federated.signal_threshold", fed.signal_threshold, "use [0, 1]")
     _require(fed.eval_every >= 0, "federated.eval_every", fed.eval_every, "use >= 0 (0: no evaluation)")
     part = fed.partition
     _require(
@@ -371,6 +382,11 @@ def _validate_federated(fed) -> None:
         part.identities_per_client,
         "use >= 1",
     )
+
+
+def _validate_signal_range(key: str, value: list[float]) -> None:
+    ok = len(value) == 2 and all(math.isfinite(v) for v in value) and value[0] < value[1]
+    _require(ok, key, value, "use [lo, hi] with lo < hi (raw signal values mapped to 0 and 1)")
 
 
 def _validate_privacy(privacy, fed) -> None:

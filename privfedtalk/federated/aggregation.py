@@ -28,6 +28,13 @@ def relative_weight(sample_count: float, score: float | None = None, gamma: floa
     return float(sample_count) * float(np.exp(gamma * (score - 1.0)))
 
 
+def thresholded_weight(sample_count: float, score: float, threshold: float) -> float:
+    """A client's unnormalised weight under the threshold rule: n if s >= threshold, else 0."""
+    if sample_count < 0:
+        raise ValueError("sample counts must be non-negative")
+    return float(sample_count) if score >= threshold else 0.0
+
+
 def normalized_weights(relative) -> np.ndarray:
     """Weights summing to 1 (the server knows every report: no privacy)."""
     raw = np.asarray(relative, dtype=np.float64)

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from privfedtalk.config import Federate
+from privfedtalk.federated import signals
 from privfedtalk.federated.aggregation import fedprox_term
 from privfedtalk.federated.strategy import ClientReport, Instructions
 from privfedtalk.model import adapters
@@ -32,6 +32,7 @@ class ClientData:
     identities: list[str]
     train: list[LatentClip]
     heldout: list[str] = field(default_factory=list)  # "identity/clip" names kept for evaluation
+    data_signals: dict[str, float] = field(default_factory=dict)  # raw, see federated/signals.py
 
     @property
     def num_samples(self) -> int:
@@ -168,12 +169,12 @@ class LocalTrainer:
         model.unet.eval()
         train_seconds = time.perf_counter() - t1
 
-        signals = self.reliability_signals(client, generator) if instructions.compute_signals else {}
+        reliability = self.reliability_signals(client) if instructions.compute_signals else {}
         t2 = time.perf_counter()
         delta = get_flat(self.shared) - global_shared
         self.swap_out(client, round_index)
         swap += time.perf_counter() - t2
-        update = ClientUpdate(client.client_id, client.num_samples, delta, signals)
+        update = ClientUpdate(client.client_id, client.num_samples, delta, reliability)
         report = LocalReport(
             float(np.mean(losses)) if losses else math.nan,
             float(np.mean(tdcs)) if tdcs else math.nan,
@@ -183,39 +184,18 @@ class LocalTrainer:
         )
         return update, report
 
-    @torch.no_grad()
-    def reliability_signals(self, client: ClientData, generator: torch.Generator) -> dict[str, float]:
-        """Identity consistency and temporal stability of the locally trained model, on own data.
+    def reliability_signals(self, client: ClientData) -> dict[str, float]:
+        """Identity consistency and temporal stability of the client's own training frames.
 
-        The model denoises windows noised to the middle of the schedule. ID: cosine similarity of
-        the identity encoder's embeddings of the decoded prediction and of the decoded reference.
-        TS = 1/(1 + J), J the mean L1 error between predicted and true adjacent-frame differences
-        of the clean latents (unit-variance units). Both are clipped to [0, 1] and quantized to
-        `signal_bits` bits before they leave the client.
+        The raw values (federated/signals.py, measured when the client read its clips) are mapped
+        through `signal_identity_range` / `signal_temporal_range` to [0, 1] and quantized to
+        `signal_bits` bits before they leave the client. They describe the data, not the model: the
+        model-based similarity this replaces was ~1 for every client (issue: saturated signals).
         """
-        model, device = self.model, self.model.device
-        latents, reference, audio = sample_windows(
-            client.train, self.cfg.signal_windows, self.window, generator
-        )
-        batch, window = latents.shape[:2]
-        flat = latents.flatten(0, 1).to(device)
-        half = model.scheduler.config.num_train_timesteps // 2
-        t = torch.full((flat.shape[0],), half, device=device, dtype=torch.long)
-        noise = torch.randn(flat.shape, generator=generator).to(device)
-        noisy = model.scheduler.add_noise(flat, noise, t)
-        ref = reference.to(device).repeat_interleave(window, dim=0)
-        output = model.denoise(noisy, t, ref, audio.flatten(0, 1).to(device))
-        predicted = model._predicted_x0(noisy, output, t)
-        pixels = torch.as_tensor(model.decode_latents(predicted)).float().permute(0, 3, 1, 2) / 127.5 - 1
-        ref_pixels = torch.as_tensor(model.decode_latents(reference)).float().permute(0, 3, 1, 2) / 127.5 - 1
-        emb = self.encoder.embed(pixels).view(batch, window, -1)
-        ref_emb = self.encoder.embed(ref_pixels).unsqueeze(1)
-        identity = float(F.cosine_similarity(emb, ref_emb, dim=-1).mean())
-        pred_steps = predicted.view(latents.shape).diff(dim=1).cpu()
-        true_steps = latents.diff(dim=1)
-        jitter = float((pred_steps - true_steps).abs().mean())
-        bits = self.cfg.signal_bits
+        cfg = self.cfg
+        raw = {signals.IDENTITY: 1.0, signals.TEMPORAL: 1.0, **client.data_signals}
+        ranges = {signals.IDENTITY: cfg.signal_identity_range, signals.TEMPORAL: cfg.signal_temporal_range}
         return {
-            "identity_consistency": quantize_unit_scalar(float(np.clip(identity, 0, 1)), bits),
-            "temporal_stability": quantize_unit_scalar(1.0 / (1.0 + jitter), bits),
+            name: quantize_unit_scalar(signals.calibrate(raw[name], ranges[name]), cfg.signal_bits)
+            for name in ranges
         }

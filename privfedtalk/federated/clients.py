@@ -13,6 +13,7 @@ from privfedtalk.config import Config, Sampling
 from privfedtalk.data.corpus import LoadReport, load_identity, read_split, split_heldout
 from privfedtalk.errors import MediaError, PrivFedTalkError
 from privfedtalk.federated.client import ClientData
+from privfedtalk.federated.signals import raw_data_signals
 from privfedtalk.federated.store import ClientStore
 from privfedtalk.model.latents import LatentClip
 from privfedtalk.privacy.noise import RandomSource
@@ -88,7 +89,7 @@ class ClientLoader:
         if not spec.identities:  # a client without data (an audit's canary): nothing to read or cache
             return ClientData(spec.client_id, [], [], [])
         cached = self.store.load_latents(spec.client_id)
-        if cached is None:
+        if cached is None or "data_signals" not in cached[1]:  # a slot cached before the data signals
             cached = self._encode(spec)
         tensors, index = cached
         train = [
@@ -97,7 +98,7 @@ class ClientLoader:
             )
             for i, c in enumerate(index["train"])
         ]
-        return ClientData(spec.client_id, spec.identities, train, index["heldout"])
+        return ClientData(spec.client_id, spec.identities, train, index["heldout"], index["data_signals"])
 
     def _encode(self, spec: ClientSpec):
         data = self.cfg.data
@@ -121,7 +122,9 @@ class ClientLoader:
                 "client has no usable training clips",
                 "add clips with audio to its identity folders",
             )
-        tensors, index = {}, {"train": [], "heldout": heldout}
+        # Measured while the frames are in memory: the slot caches latents, not frames.
+        signals = raw_data_signals([clip.frames for clip in train_clips])
+        tensors, index = {}, {"train": [], "heldout": heldout, "data_signals": signals}
         for i, clip in enumerate(train_clips):
             tensors[f"{i}.latents"] = self.model.encode_frames(clip.frames)
             tensors[f"{i}.features"] = torch.as_tensor(clip.features, dtype=torch.float32)

@@ -87,15 +87,41 @@ class ISFA(Strategy):
     def configure_round(self, round_index: int) -> Instructions:
         return Instructions(local_steps=self.fed.local_steps, mu=self.fed.mu, compute_signals=True)
 
-    def relative_weight(self, report: ClientReport) -> float:
+    def score(self, report: ClientReport) -> float:
         signals = report.signals
-        score = aggregation.reliability_score(
+        return aggregation.reliability_score(
             signals["identity_consistency"], signals["temporal_stability"], self.fed.isfa_alpha
         )
-        return aggregation.relative_weight(report.num_samples, score, self.fed.isfa_gamma)
+
+    def relative_weight(self, report: ClientReport) -> float:
+        return aggregation.relative_weight(report.num_samples, self.score(report), self.fed.isfa_gamma)
 
 
-STRATEGIES = {cls.method: cls for cls in (Strategy, FedProx, ISFA)}
+class ISFAThreshold(ISFA):
+    """Robust baseline: weight n when ISFA's score s >= signal_threshold, else 0.
+
+    Like ISFA's, the weight depends on the client's own data only, so under DP each client computes it
+    itself. A client under the threshold still sends (its zero vector plus its noise share), so the
+    secure sum's roster, and everything planned from it, does not depend on anyone's signals.
+    """
+
+    method = Method.isfa_threshold
+
+    def relative_weight(self, report: ClientReport) -> float:
+        return aggregation.thresholded_weight(
+            report.num_samples, self.score(report), self.fed.signal_threshold
+        )
+
+    def weights(self, reports: list[ClientReport]) -> dict[str, float]:
+        """As FedAvg's among the clients that pass; all zero (the global state stays) when none does."""
+        relative = [self.relative_weight(r) for r in reports]
+        if sum(relative) <= 0:
+            return {r.client_id: 0.0 for r in reports}
+        values = aggregation.normalized_weights(relative)
+        return {r.client_id: float(w) for r, w in zip(reports, values)}
+
+
+STRATEGIES = {cls.method: cls for cls in (Strategy, FedProx, ISFA, ISFAThreshold)}
 
 
 def build_strategy(cfg: Config) -> Strategy:
