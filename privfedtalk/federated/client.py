@@ -20,7 +20,6 @@ from privfedtalk.federated.aggregation import fedprox_term
 from privfedtalk.federated.strategy import ClientReport, Instructions
 from privfedtalk.model import adapters
 from privfedtalk.model.latents import LatentClip, sample_windows
-from privfedtalk.privacy.dp import quantize_unit_scalar
 from privfedtalk.runtime import Precision
 
 
@@ -192,10 +191,4 @@ class LocalTrainer:
         `signal_bits` bits before they leave the client. They describe the data, not the model: the
         model-based similarity this replaces was ~1 for every client (issue: saturated signals).
         """
-        cfg = self.cfg
-        raw = {signals.IDENTITY: 1.0, signals.TEMPORAL: 1.0, **client.data_signals}
-        ranges = {signals.IDENTITY: cfg.signal_identity_range, signals.TEMPORAL: cfg.signal_temporal_range}
-        return {
-            name: quantize_unit_scalar(signals.calibrate(raw[name], ranges[name]), cfg.signal_bits)
-            for name in ranges
-        }
+        return signals.quantized_signals(client.data_signals, self.cfg)

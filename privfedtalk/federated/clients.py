@@ -101,27 +101,7 @@ class ClientLoader:
         return ClientData(spec.client_id, spec.identities, train, index["heldout"], index["data_signals"])
 
     def _encode(self, spec: ClientSpec):
-        data = self.cfg.data
-        report = LoadReport()
-        train_clips, heldout = [], []
-        for identity in spec.identities:
-            try:
-                clips = load_identity(data.root, identity, data.audio, size=data.size, report=report)
-            except MediaError as err:
-                log.warning("%s", err)
-                continue
-            keep, held = split_heldout(clips, data.heldout_clips)
-            heldout += [f"{identity}/{c.name}" for c in held]
-            n_keep = max(1, int(round(len(keep) * spec.keep_fraction)))
-            train_clips += keep[:n_keep]
-        if report.skipped:
-            log.warning("%s: %s", spec.client_id, report.summary())
-        if not train_clips:
-            raise MediaError(
-                f"{data.root}/{','.join(spec.identities)}",
-                "client has no usable training clips",
-                "add clips with audio to its identity folders",
-            )
+        train_clips, heldout = training_clips(self.cfg, spec)
         # Measured while the frames are in memory: the slot caches latents, not frames.
         signals = raw_data_signals([clip.frames for clip in train_clips])
         tensors, index = {}, {"train": [], "heldout": heldout, "data_signals": signals}
@@ -131,6 +111,32 @@ class ClientLoader:
             index["train"].append({"identity": clip.identity, "name": clip.name})
         self.store.save_latents(spec.client_id, tensors, index)
         return tensors, index
+
+
+def training_clips(cfg: Config, spec: ClientSpec) -> tuple[list, list[str]]:
+    """A client's training clips (corpus.Clip, frames in memory) and its held-out "identity/clip" names."""
+    data = cfg.data
+    report = LoadReport()
+    train_clips, heldout = [], []
+    for identity in spec.identities:
+        try:
+            clips = load_identity(data.root, identity, data.audio, size=data.size, report=report)
+        except MediaError as err:
+            log.warning("%s", err)
+            continue
+        keep, held = split_heldout(clips, data.heldout_clips)
+        heldout += [f"{identity}/{c.name}" for c in held]
+        n_keep = max(1, int(round(len(keep) * spec.keep_fraction)))
+        train_clips += keep[:n_keep]
+    if report.skipped:
+        log.warning("%s: %s", spec.client_id, report.summary())
+    if not train_clips:
+        raise MediaError(
+            f"{data.root}/{','.join(spec.identities)}",
+            "client has no usable training clips",
+            "add clips with audio to its identity folders",
+        )
+    return train_clips, heldout
 
 
 def heldout_clips(cfg: Config, specs: list[ClientSpec]) -> list:

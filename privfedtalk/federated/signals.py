@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from privfedtalk.privacy.dp import quantize_unit_scalar
+
 IDENTITY = "identity_consistency"
 TEMPORAL = "temporal_stability"
 
@@ -78,3 +80,13 @@ def calibrate(value: float, value_range) -> float:
     hi the value that clean video reaches."""
     lo, hi = (float(v) for v in value_range)
     return float(np.clip((value - lo) / (hi - lo), 0.0, 1.0))
+
+
+def quantized_signals(raw: dict[str, float], fed_cfg) -> dict[str, float]:
+    """What leaves the client: each raw signal calibrated by its configured range, then quantized to
+    `signal_bits` bits. A missing raw signal counts as clean (1.0 before calibration)."""
+    ranges = {IDENTITY: fed_cfg.signal_identity_range, TEMPORAL: fed_cfg.signal_temporal_range}
+    return {
+        name: quantize_unit_scalar(calibrate(raw.get(name, 1.0), value_range), fed_cfg.signal_bits)
+        for name, value_range in ranges.items()
+    }
