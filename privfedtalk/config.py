@@ -46,6 +46,13 @@ class BetaSchedule(Choice):
     squaredcos_cap_v2 = "squaredcos_cap_v2"
 
 
+class SignalSource(Choice):
+    """What ISFA's reliability signals measure on the client (privfedtalk/federated/signals.py)."""
+
+    model = "model"  # the locally trained model's prediction vs the reference (the paper's signals)
+    data = "data"  # the client's own training frames: identity drift and temporal roughness
+
+
 class Method(Choice):
     """The aggregation strategy (privfedtalk/federated/strategy.py)."""
 
@@ -209,7 +216,8 @@ class FederatedConfig:
     signal_temporal_range: list[float] = field(default_factory=lambda: [0.90, 0.98])
     # isfa_threshold: weight 0 below it. 0.95 with 4 bits and α = 0.5 lets one signal drop one bin.
     signal_threshold: float = 0.95
-    signal_windows: int = 4  # unused since the signals read the client's frames; kept for old configs
+    signal_source: SignalSource = SignalSource.model
+    signal_windows: int = 4  # windows the model-based signals are computed on
     eval_every: int = 5
     eval_clips: int = 4  # held-out clips scored at each evaluation (0: none)
     partition: PartitionConfig = field(default_factory=PartitionConfig)

@@ -13,13 +13,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from privfedtalk.config import Federate
+from privfedtalk.config import Federate, SignalSource
 from privfedtalk.federated import signals
 from privfedtalk.federated.aggregation import fedprox_term
 from privfedtalk.federated.strategy import ClientReport, Instructions
 from privfedtalk.model import adapters
 from privfedtalk.model.latents import LatentClip, sample_windows
+from privfedtalk.privacy.dp import quantize_unit_scalar
 from privfedtalk.runtime import Precision
 
 
@@ -168,7 +170,7 @@ class LocalTrainer:
         model.unet.eval()
         train_seconds = time.perf_counter() - t1
 
-        reliability = self.reliability_signals(client) if instructions.compute_signals else {}
+        reliability = self.reliability_signals(client, generator) if instructions.compute_signals else {}
         t2 = time.perf_counter()
         delta = get_flat(self.shared) - global_shared
         self.swap_out(client, round_index)
@@ -183,12 +185,48 @@ class LocalTrainer:
         )
         return update, report
 
-    def reliability_signals(self, client: ClientData) -> dict[str, float]:
-        """Identity consistency and temporal stability of the client's own training frames.
+    def reliability_signals(self, client: ClientData, generator: torch.Generator) -> dict[str, float]:
+        """Identity consistency and temporal stability, quantized to `signal_bits` bits on the client.
 
-        The raw values (federated/signals.py, measured when the client read its clips) are mapped
-        through `signal_identity_range` / `signal_temporal_range` to [0, 1] and quantized to
-        `signal_bits` bits before they leave the client. They describe the data, not the model: the
-        model-based similarity this replaces was ~1 for every client (issue: saturated signals).
+        `signal_source=model` (the paper's): measured on the locally trained model's predictions.
+        `signal_source=data`: measured on the client's own training frames when it read its clips
+        (federated/signals.py), mapped through `signal_identity_range` / `signal_temporal_range`.
         """
-        return signals.quantized_signals(client.data_signals, self.cfg)
+        if self.cfg.signal_source == SignalSource.data:
+            return signals.quantized_signals(client.data_signals, self.cfg)
+        return self.model_signals(client, generator)
+
+    @torch.no_grad()
+    def model_signals(self, client: ClientData, generator: torch.Generator) -> dict[str, float]:
+        """The model denoises windows noised to the middle of the schedule. ID: cosine similarity of
+        the identity encoder's embeddings of the decoded prediction and of the decoded reference.
+        TS = 1/(1 + J), J the mean L1 error between predicted and true adjacent-frame differences of
+        the clean latents (unit-variance units). Both clipped to [0, 1] and quantized. On a shared
+        backbone the ID term is ~1 for every client (docs/results.md): `signal_source=data` separates
+        corrupted clients."""
+        model, device = self.model, self.model.device
+        latents, reference, audio = sample_windows(
+            client.train, self.cfg.signal_windows, self.window, generator
+        )
+        batch, window = latents.shape[:2]
+        flat = latents.flatten(0, 1).to(device)
+        half = model.scheduler.config.num_train_timesteps // 2
+        t = torch.full((flat.shape[0],), half, device=device, dtype=torch.long)
+        noise = torch.randn(flat.shape, generator=generator).to(device)
+        noisy = model.scheduler.add_noise(flat, noise, t)
+        ref = reference.to(device).repeat_interleave(window, dim=0)
+        output = model.denoise(noisy, t, ref, audio.flatten(0, 1).to(device))
+        predicted = model._predicted_x0(noisy, output, t)
+        pixels = torch.as_tensor(model.decode_latents(predicted)).float().permute(0, 3, 1, 2) / 127.5 - 1
+        ref_pixels = torch.as_tensor(model.decode_latents(reference)).float().permute(0, 3, 1, 2) / 127.5 - 1
+        emb = self.encoder.embed(pixels).view(batch, window, -1)
+        ref_emb = self.encoder.embed(ref_pixels).unsqueeze(1)
+        identity = float(F.cosine_similarity(emb, ref_emb, dim=-1).mean())
+        pred_steps = predicted.view(latents.shape).diff(dim=1).cpu()
+        true_steps = latents.diff(dim=1)
+        jitter = float((pred_steps - true_steps).abs().mean())
+        bits = self.cfg.signal_bits
+        return {
+            "identity_consistency": quantize_unit_scalar(float(np.clip(identity, 0, 1)), bits),
+            "temporal_stability": quantize_unit_scalar(1.0 / (1.0 + jitter), bits),
+        }

@@ -105,7 +105,13 @@ def test_the_signals_are_not_saturated_under_fewer_bits(corrupted_corpus):
 
 
 def federated_overrides(root, *extra) -> list[str]:
-    return [f"data.root={root}", "federated.rounds=1", "federated.clients_per_round=5", *extra]
+    return [
+        f"data.root={root}",
+        "federated.signal_source=data",
+        "federated.rounds=1",
+        "federated.clients_per_round=5",
+        *extra,
+    ]
 
 
 def test_isfa_weighs_corrupted_clients_down_in_a_real_round(corrupted_corpus, tiny_federated_config):
