@@ -207,15 +207,19 @@ _DP_SCALE_ADAPTER = [
 # So local training, not secure aggregation, limits m on this CPU: every row at m costs m client-rounds
 # per round. Runs: m in {4, 16} x 3 rows x 2 seeds, m = 64 x 3 rows x 3 seeds + 3 variants x 1 seed =
 # 888 client-rounds per round x 5 rounds x 0.89 s = ~3950 s of one core, + secure aggregation (~20 s)
-# + evaluation (24 runs x 8 clips, ~250 s) = ~4200 core-s = ~35 min on 2 cores with 2 jobs; + corpus
-# (576 clips x ~0.2 s = ~2 min) + backbone (~5 min) = ~42 min, leaving ~30 % for the shared cores.
+# + evaluation (24 runs x 8 held-out 2 s clips x 8 DDIM steps; the tiny benchmark's evaluation costs
+# ~0.35 s per clip-second and DDIM step at 16x16 latents, so ~20-45 s a run: ~800 s) = ~4800 core-s =
+# ~40 min on 2 cores with 2 jobs; + corpus (576 clips x ~0.2 s = ~2 min) + backbone (~5 min, not
+# probed) = ~47 min, leaving ~20 % for the shared cores.
 # m = 128 would add 1536 client-rounds per round (~57 min by itself): 64 is the largest m that fits.
 # What was cut against `small`: 32x32 frames with 8x8 latents (the mouth spans about one latent cell, a
 # coarser picture of the lag than small's 16x16 latents), 5 rounds (small: 6), 5 local steps (small: 10),
 # 1 training + 1 held-out clip of 2 s per client (small: 3 + 1 of 3 s), 32 public identities for the
-# backbone (small: 48) with a smaller VAE, 2 ISFA signal windows (default 4), 2 seeds below the largest m
-# and 1 seed for the variants. Poisson sampling (as the privfedtalk row), expected m per round; 256
-# private clients, so q = m/256 <= 1/4.
+# backbone (small: 48) with a smaller VAE, 2 ISFA signal windows (default 4), 8 evaluated clients at 8
+# DDIM steps (small: 4 at 10), 2 seeds below the largest m and 1 seed for the variants.
+# Poisson sampling (as the privfedtalk row): m is the expected count; 256 private clients, so the rate
+# q = m/256 <= 1/4 (at m = 4 about 1 round in 11 samples fewer than the 2 clients secure aggregation
+# needs and is skipped).
 PRESETS["dp-scale"] = {
     "description": "2-core CPU, DP vs cohort size: 32x32, 256 private clients whose mouths lag by 2 frames, "
     "5 rounds x m in {4, 16, 64} clients x 5 local steps, ε = 8",
@@ -255,7 +259,7 @@ PRESETS["dp-scale"] = {
     "variant_seeds": 1,
     "jobs": 2,
     "eval_clients": 8,
-    "eval_sample_steps": 10,
+    "eval_sample_steps": 8,
     "target_epsilon": 8.0,
     "qualitative_frames": 4,
 }

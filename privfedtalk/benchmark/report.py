@@ -242,7 +242,7 @@ def cohort_markdown(summaries: list[dict]) -> str:
     """Rows x m: quality, ε (observer, server worst/median) and the noise-to-signal ratio."""
     head = ["row", "m", "seeds"] + [label for _, label, _ in COHORT_COLUMNS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for s in sorted(summaries, key=lambda s: (s["m"], s["curve"])):
+    for s in sorted(summaries, key=lambda s: s["m"]):  # stable: the plan's order within each m
         cells = [s["label"], str(s["m"]), str(s["n_seeds"])]
         cells += [cohort_cell(s, key, decimals) for key, _, decimals in COHORT_COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
@@ -298,9 +298,11 @@ def plot_cohort(path: Path, summaries: list[dict]) -> None:
     variants = [
         s for s in summaries if s["curve"] not in COHORT_CURVES and s["mean"]["sync_corr"] is not None
     ]
-    for s, marker in zip(variants, "xDv*P", strict=False):
+    for i, (s, marker) in enumerate(zip(variants, "xDv*P", strict=False)):
         std = s["std"]["sync_corr"] or 0.0
-        ax.errorbar([s["m"]], [s["mean"]["sync_corr"]], yerr=[std], fmt=marker, capsize=3, label=s["row"])
+        x = s["m"] * 2 ** (0.1 * (i + 1))  # beside the base point at the same m, not on top of it
+        label = f"{s['row']} (seeds {s['n_seeds']})"
+        ax.errorbar([x], [s["mean"]["sync_corr"]], yerr=[std], fmt=marker, capsize=3, label=label)
     ax.set_xscale("log", base=2)
     ms = sorted({s["m"] for s in summaries})
     ax.set_xticks(ms, [str(m) for m in ms])
@@ -857,7 +859,8 @@ def readme(table: dict, args, rows: list[Row]) -> str:
         "## Files",
         "",
         "`table.md`, `table.csv`, `table.json` (every number, per seed), `table.tex`, `convergence.png`, "
-        "`privacy_utility.png`, `qualitative.png`, `samples/*.mp4` (seed-0 generations with the driving "
+        "`privacy_utility.png`, `utility_vs_cohort.png` (cohort presets), `qualitative.png`, `samples/*.mp4` "
+        "(seed-0 generations with the driving "
         "audio), `runs/ROW/seedK/` (config.yaml, metrics.jsonl, eval.json, TensorBoard logs).",
         "",
         f"Command line: `{' '.join(args.argv)}`",
