@@ -37,6 +37,8 @@ class Row:
     target_epsilon: float | None = None
     note: str = ""
     runs: dict = field(default_factory=dict)  # seed -> Run
+    cohort: int | None = None  # cohort rows: clients per round m
+    curve: str = ""  # cohort rows: the curve it belongs to (privfedtalk | fedavg | local-only | a variant)
 
 
 @dataclass
@@ -164,8 +166,100 @@ def privacy_rows(epsilons) -> list[Row]:
     ]
 
 
+# PrivFedTalk at the largest cohort with one change each: (name, label, overrides). The server Adam's
+# lr is per coordinate (Adam normalizes the update), so it is of the order of one coordinate's update,
+# not of the update vector's 1.
+COHORT_VARIANTS = [
+    ("adaptive", "adaptive clipping (median quantile)", ["privacy.clip=adaptive"]),
+    (
+        "momentum",
+        "server momentum (β=0.9, lr 1)",
+        ["federated.server_optimizer=momentum", "federated.server_momentum=0.9", "federated.server_lr=1.0"],
+    ),
+    ("adam", "server Adam (lr 1e-3)", ["federated.server_optimizer=adam", "federated.server_lr=1e-3"]),
+]
+COHORT_CURVES = ("privfedtalk", "fedavg", "local-only")
+
+
+def cohort_method_rows(m: int, target: float, seeds: list[int]) -> list[Row]:
+    """PrivFedTalk (DP, with the noise-to-signal diagnostic), FedAvg and local-only at m clients per round."""
+    cohort = [f"federated.clients_per_round={m}"]
+    dp = ISFA_TDC + privacy_overrides(target) + ["privacy.log_signal_norm=true"]
+    return [
+        Row(
+            f"privfedtalk-m{m}",
+            "cohort",
+            f"PrivFedTalk (ε={_eps(target)}), m={m}",
+            "privfedtalk.yaml",
+            dp + cohort,
+            seeds,
+            target_epsilon=target,
+            cohort=m,
+            curve="privfedtalk",
+        ),
+        Row(
+            f"fedavg-m{m}", "cohort", f"FedAvg, m={m}", "fedavg.yaml", cohort, seeds, cohort=m, curve="fedavg"
+        ),
+        Row(
+            f"local-only-m{m}",
+            "cohort",
+            f"local-only, m={m}",
+            "fedavg.yaml",
+            ["federated.server_lr=0.0"] + cohort,
+            seeds,
+            cohort=m,
+            curve="local-only",
+            note="server_lr=0: each sampled client trains its own identity adapter; nothing is shared",
+        ),
+    ]
+
+
+def cohort_variant_rows(m: int, target: float, seeds: list[int]) -> list[Row]:
+    """PrivFedTalk at cohort m with one of COHORT_VARIANTS' changes (clipping or server optimizer)."""
+    base = (
+        ISFA_TDC
+        + privacy_overrides(target)
+        + ["privacy.log_signal_norm=true", f"federated.clients_per_round={m}"]
+    )
+    return [
+        Row(
+            f"privfedtalk-{name}",
+            "cohort",
+            f"PrivFedTalk (ε={_eps(target)}), m={m}, {label}",
+            "privfedtalk.yaml",
+            base + keys,
+            seeds,
+            target_epsilon=target,
+            cohort=m,
+            curve=f"privfedtalk-{name}",
+        )
+        for name, label, keys in COHORT_VARIANTS
+    ]
+
+
+def cohort_rows(preset: dict, seeds: int) -> list[Row]:
+    """The cohort sweep: at every m of preset["cohorts"] PrivFedTalk, FedAvg and local-only; at the largest m
+    also the variants. `seeds` runs at the largest m (its variants: preset["variant_seeds"], default the
+    same), preset["cohort_seeds"] (default the same) at the smaller ones."""
+    target = float(preset["target_epsilon"])
+    cohorts = sorted(int(m) for m in preset["cohorts"])
+    largest = cohorts[-1]
+    smaller_seeds = list(range(int(preset.get("cohort_seeds", seeds))))
+    rows = []
+    for m in cohorts:
+        rows += cohort_method_rows(m, target, list(range(seeds)) if m == largest else smaller_seeds)
+    variant_seeds = list(range(int(preset.get("variant_seeds", seeds))))
+    return rows + cohort_variant_rows(largest, target, variant_seeds)
+
+
 def row_definitions(preset: dict, seeds: int, budget: dict, private_identities: int) -> list[Row]:
-    """Every row of the three tables; budget = the resolved clients_per_round and local_steps."""
+    """Every row of the three tables; budget = the resolved clients_per_round and local_steps.
+
+    A preset with `cohorts` plans the cohort sweep alone (cohort_rows): its budget is spent on the
+    utility-vs-cohort curve, not on the main, ablation and privacy tables.
+    """
+    if preset.get("cohorts"):
+        return cohort_rows(preset, seeds)
     target = float(preset["target_epsilon"])
     return (
         main_rows(target, list(range(seeds)), budget, private_identities)

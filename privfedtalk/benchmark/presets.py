@@ -15,6 +15,16 @@ Every preset holds
   epsilons           the privacy-utility sweep (math.inf: DP off, secure aggregation on);
   qualitative_frames time steps of the held-out clip shown in qualitative.png;
   description        one line for the README.
+
+A preset with `cohorts` (dp-scale, dp-scale-gpu) plans the cohort sweep instead of the three tables
+(plan.cohort_rows):
+  cohorts        clients per round m of the utility-vs-cohort curve: at each m the rows privfedtalk-m{m}
+                 (DP at target_epsilon, noise-to-signal logged), fedavg-m{m} and local-only-m{m}; at the
+                 largest m also privfedtalk-adaptive/-momentum/-adam (plan.COHORT_VARIANTS);
+  seeds          seeds at the largest m (the goal figure's m); --seeds overrides;
+  cohort_seeds   seeds at the smaller m (default: seeds);
+  variant_seeds  seeds of the variants (default: seeds);
+  epsilons       not used.
 """
 
 from __future__ import annotations
@@ -171,4 +181,144 @@ PRESETS: dict[str, dict] = {
         "epsilons": [math.inf, 32.0, 8.0, 2.0],
         "qualitative_frames": 6,
     },
+}
+
+# Client-level DP needs many clients per round: the released sum's noise-to-signal ratio is about
+# z·√d/m (d: shared-adapter size), 35 at `small`'s m = 4 (below) and more when the clients' updates
+# disagree or weigh less than the cap. The dp-scale presets measure utility against
+# the cohort m at fixed ε = 8 on a corpus with many private identities (each one client), with the
+# same 2-frame mouth-lag shift as `small`, and a smaller shared adapter (rank 1 on the four attention
+# projections: d = 4096 instead of 16384, so √d halves).
+# Shared by both: privacy.reference_samples is the n at which a client's DP weight min(r/n, 1)/m reaches
+# the cap 1/m; with one or two training clips per client the default 300 would shrink every client's
+# signal well below the cap while the noise stays z·C/m (the privacy guarantee is the same either way).
+# A client's r is its training frames x exp(γ(s − 1)) (ISFA, γ = 4): dp-scale's 50 frames reach the cap
+# n = 20 from a reliability score s of 0.77 on, dp-scale-gpu's 150 frames n = 50 from s = 0.73.
+# Calibrated z at ε = 8, δ = 1e-5 (dp.calibrate_noise_multiplier, Poisson) and z·√d/m, the noise-to-signal
+# ratio when every clipped update has norm C and all point the same way (a floor; the logged ratio is
+# higher when they do not): dp-scale (N = 256, 5 rounds): m = 4 z 0.44 -> 7.0, 16 0.55 -> 2.2,
+# 64 0.78 -> 0.78; dp-scale-gpu (N = 1024, 20 rounds): 4 0.40 -> 6.4, 16 0.48 -> 1.9, 64 0.64 -> 0.64,
+# 256 1.08 -> 0.27; `small` (N = 8, m = 4, 6 rounds, d = 16384): z 1.08 -> 35.
+_DP_SCALE_ADAPTER = [
+    "federated.shared.rank=1",
+    "federated.shared.alpha=1.0",
+    "federated.shared.target_modules=[to_q,to_k,to_v,to_out.0]",
+]
+
+# `make run-benchmark PRESET=dp-scale` on the 2-core CPU, target <= 60 min in all. Sized with
+# experiments/probe_dp_scale.py (2 shared cores, 1 thread per run; 2026-12-02):
+#   one local step (4 windows, 32x32 frames): 0.19 s with 16x16 latents (VAE [16,32]), 0.10 s with 8x8
+#   latents (VAE [16,32,32]); one client-round with 5 local steps incl. its fixed costs (latents,
+#   signals, update, DP share): 1.33 s at 16x16, 0.89 s at 8x8 latents;
+#   one secure-aggregation round (pairwise masks, O(m^2)): m=16 0.06 s, 64 0.7 s, 128 3.8 s, 256 19 s,
+#   nearly independent of d (2048 or 16384) at these sizes: key agreement and Shamir shares dominate.
+# So local training, not secure aggregation, limits m on this CPU: every row at m costs m client-rounds
+# per round. Runs: m in {4, 16} x 3 rows x 2 seeds, m = 64 x 3 rows x 3 seeds + 3 variants x 1 seed =
+# 888 client-rounds per round x 5 rounds x 0.89 s = ~3950 s of one core, + secure aggregation (~20 s)
+# + evaluation (24 runs x 8 held-out 2 s clips x 8 DDIM steps; the tiny benchmark's evaluation costs
+# ~0.35 s per clip-second and DDIM step at 16x16 latents, so ~20-45 s a run: ~800 s) = ~4800 core-s =
+# ~40 min on 2 cores with 2 jobs; + corpus (576 clips x ~0.2 s = ~2 min) + backbone (~5 min, not
+# probed) = ~47 min, leaving ~20 % for the shared cores.
+# m = 128 would add 1536 client-rounds per round (~57 min by itself): 64 is the largest m that fits.
+# What was cut against `small`: 32x32 frames with 8x8 latents (the mouth spans about one latent cell, a
+# coarser picture of the lag than small's 16x16 latents), 5 rounds (small: 6), 5 local steps (small: 10),
+# 1 training + 1 held-out clip of 2 s per client (small: 3 + 1 of 3 s), 32 public identities for the
+# backbone (small: 48) with a smaller VAE, 2 ISFA signal windows (default 4), 8 evaluated clients at 8
+# DDIM steps (small: 4 at 10), 2 seeds below the largest m and 1 seed for the variants.
+# Poisson sampling (as the privfedtalk row): m is the expected count; 256 private clients, so the rate
+# q = m/256 <= 1/4 (at m = 4 about 1 round in 11 samples fewer than the 2 clients secure aggregation
+# needs and is skipped).
+PRESETS["dp-scale"] = {
+    "description": "2-core CPU, DP vs cohort size: 32x32, 256 private clients whose mouths lag by 2 frames, "
+    "5 rounds x m in {4, 16, 64} clients x 5 local steps, ε = 8",
+    "synth": {
+        "identities": 288,
+        "clips": 2,
+        "seconds": 2.0,
+        "size": 32,
+        "seed": 0,
+        "public_fraction": 32 / 288,
+        "private_clips": 2,
+        "private_mouth_lag": 2,
+    },
+    "pretrain": [
+        "model.vae.block_out_channels=[16,32,32]",
+        "model.vae.steps=800",
+        "model.vae.batch_size=8",
+        "model.unet.block_out_channels=[32,64]",
+        "model.unet.steps=1500",
+        "model.unet.batch_windows=4",
+        "model.identity_steps=300",
+    ],
+    "federated": [
+        "federated.rounds=5",
+        "federated.clients_per_round=64",
+        "federated.local_steps=5",
+        "federated.batch_windows=4",
+        "federated.signal_windows=2",
+        "federated.lr=1e-2",
+        "federated.server_lr=1.0",
+        "privacy.reference_samples=20",
+        *_DP_SCALE_ADAPTER,
+    ],
+    "cohorts": [4, 16, 64],
+    "seeds": 3,
+    "cohort_seeds": 2,
+    "variant_seeds": 1,
+    "jobs": 2,
+    "eval_clients": 8,
+    "eval_sample_steps": 8,
+    "target_epsilon": 8.0,
+    "qualitative_frames": 4,
+}
+
+# The same question on one CUDA GPU (hours; not timed on a GPU yet): 64x64 frames, 16x16 latents as
+# `small`, 1024 private clients (q = m/1024 <= 1/4), 20 rounds x 10 local steps, 3 seeds everywhere.
+# The largest m is 256, not more: secure aggregation runs on the CPU and grows with m^2 (~19 s per round
+# at m = 256 on the 2-core probe, ~4x that at 512), while the variants repeat the largest m 3 more times.
+PRESETS["dp-scale-gpu"] = {
+    "description": "one CUDA GPU, DP vs cohort size: 64x64, 1024 private clients whose mouths lag by 2 "
+    "frames, "
+    "20 rounds x m in {4, 16, 64, 256} clients x 10 local steps, ε = 8",
+    "synth": {
+        "identities": 1280,
+        "clips": 2,
+        "seconds": 3.0,
+        "size": 64,
+        "seed": 0,
+        "public_fraction": 256 / 1280,
+        "private_clips": 3,
+        "private_mouth_lag": 2,
+    },
+    "pretrain": [
+        "device=cuda",
+        "mixed_precision=fp16",
+        "model.vae.block_out_channels=[32,64,64]",
+        "model.vae.steps=3000",
+        "model.vae.batch_size=16",
+        "model.unet.block_out_channels=[64,128]",
+        "model.unet.steps=6000",
+        "model.unet.batch_windows=8",
+        "model.identity_steps=1000",
+    ],
+    "federated": [
+        "device=cuda",
+        "mixed_precision=fp16",
+        "federated.rounds=20",
+        "federated.clients_per_round=256",
+        "federated.local_steps=10",
+        "federated.batch_windows=4",
+        "federated.lr=1e-2",
+        "federated.server_lr=1.0",
+        "privacy.reference_samples=50",
+        *_DP_SCALE_ADAPTER,
+    ],
+    "cohorts": [4, 16, 64, 256],
+    "seeds": 3,
+    "cohort_seeds": 3,
+    "variant_seeds": 3,
+    "eval_clients": 32,
+    "eval_sample_steps": 20,
+    "target_epsilon": 8.0,
+    "qualitative_frames": 6,
 }

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from privfedtalk.benchmark.plan import Benchmark, Row, Run, folder_name
+from privfedtalk.benchmark.plan import COHORT_CURVES, Benchmark, Row, Run, folder_name
 from privfedtalk.benchmark.systems import machine
 from privfedtalk.federated.store import atomic_write_text, read_jsonl
 
@@ -158,6 +158,162 @@ def compare(table: dict) -> list[dict]:
         entries = (judge(method, base, base_name, metric) for metric in QUALITY)
         out += [entry for entry in entries if entry is not None]
     return out
+
+
+# ------------------------------------------------------------------------------- the cohort sweep
+
+# (key, label, decimals) of the cohort table; ε keys: None = no DP (∞).
+COHORT_COLUMNS = [
+    ("sync_corr", "sync corr", 3),
+    ("mouth_psnr", "mouth PSNR (dB)", 2),
+    ("epsilon_observer", "ε observer", 2),
+    ("epsilon_server_worst", "ε server worst", 2),
+    ("epsilon_server_median", "ε server median", 2),
+    ("noise_to_signal", "noise/signal (median over rounds)", 2),
+]
+
+
+def cohort_values(run: Run) -> dict:
+    """One run's cohort-table values: quality from eval.json, ε after the last round, and the median
+    over rounds of ‖noise‖/‖noise-free sum‖ (privacy.log_signal_norm, a simulation-only diagnostic)."""
+    last = run.records[-1] if run.records else {}
+    ratios = [r["noise_to_signal"] for r in run.records if r.get("noise_to_signal") is not None]
+    return {
+        "sync_corr": run.eval["metrics"].get("sync_corr"),
+        "mouth_psnr": run.eval["metrics"].get("mouth_psnr"),
+        "epsilon_observer": last.get("epsilon_observer"),
+        "epsilon_server_worst": last.get("epsilon_server_worst"),
+        "epsilon_server_median": last.get("epsilon_server_median"),
+        "noise_to_signal": float(np.median(ratios)) if ratios else None,
+    }
+
+
+def mean_and_std(values: list) -> tuple[float | None, float | None]:
+    """Mean and sample std (None with fewer than 2) of the finite values."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    mean = float(np.mean(finite)) if finite else None
+    return mean, float(np.std(finite, ddof=1)) if len(finite) > 1 else None
+
+
+def summarize_cohort(row: Row) -> dict:
+    """A cohort row's per-seed values and their mean and sample std per cohort column."""
+    per_seed = {seed: cohort_values(run) for seed, run in sorted(row.runs.items())}
+    mean, std = {}, {}
+    for key, *_ in COHORT_COLUMNS:
+        mean[key], std[key] = mean_and_std([v[key] for v in per_seed.values()])
+    return {
+        "row": row.name,
+        "label": row.label,
+        "curve": row.curve,
+        "m": row.cohort,
+        "n_seeds": len(per_seed),
+        "mean": mean,
+        "std": std,
+        "per_seed": {str(s): v for s, v in per_seed.items()},
+    }
+
+
+def curve_points(summaries: list[dict], curve: str, key: str = "sync_corr") -> dict:
+    """{m: summary} of one curve's rows that have a mean of `key`."""
+    return {s["m"]: s for s in summaries if s["curve"] == curve and s["mean"][key] is not None}
+
+
+def goal_ratios(summaries: list[dict]) -> list[dict]:
+    """Per m: (PrivFedTalk − local-only) / (FedAvg − local-only) of sync corr seed means: the share of what
+    federation gains that PrivFedTalk keeps under DP (1: all of it, 0: none). None where FedAvg does
+    not differ from local-only (nothing to keep)."""
+    private, fedavg, local = (curve_points(summaries, c) for c in ("privfedtalk", "fedavg", "local-only"))
+    out = []
+    for m in sorted(set(private) & set(fedavg) & set(local)):
+        p, f, lo = (x[m]["mean"]["sync_corr"] for x in (private, fedavg, local))
+        ratio = (p - lo) / (f - lo) if f != lo else None
+        out.append({"m": m, "privfedtalk": p, "fedavg": f, "local_only": lo, "ratio": ratio})
+    return out
+
+
+def cohort_cell(summary: dict, key: str, decimals: int) -> str:
+    mean, std = summary["mean"][key], summary["std"][key]
+    if mean is None:
+        return "∞" if key.startswith("epsilon") else "—"
+    return f"{mean:.{decimals}f}" + (f" ± {std:.{decimals}f}" if std is not None else "")
+
+
+def cohort_markdown(summaries: list[dict]) -> str:
+    """Rows x m: quality, ε (observer, server worst/median) and the noise-to-signal ratio."""
+    head = ["row", "m", "seeds"] + [label for _, label, _ in COHORT_COLUMNS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in sorted(summaries, key=lambda s: s["m"]):  # stable: the plan's order within each m
+        cells = [s["label"], str(s["m"]), str(s["n_seeds"])]
+        cells += [cohort_cell(s, key, decimals) for key, _, decimals in COHORT_COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def goal_markdown(ratios: list[dict]) -> str:
+    """The goal figure per m: how much of FedAvg's gain over local-only PrivFedTalk keeps (sync corr)."""
+    lines = [
+        "| m | PrivFedTalk | FedAvg | local-only | (PrivFedTalk − local-only) ÷ (FedAvg − local-only) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in ratios:
+        ratio = "— (FedAvg = local-only)" if r["ratio"] is None else f"{r['ratio']:.2f}"
+        lines.append(
+            f"| {r['m']} | {r['privfedtalk']:.3f} | {r['fedavg']:.3f} | {r['local_only']:.3f} | {ratio} |"
+        )
+    return "\n".join(lines)
+
+
+def cohort_sections(table: dict) -> list[tuple[str, str]]:
+    """(title, markdown) of the cohort table and the goal figure; none without cohort rows."""
+    if not table.get("cohort"):
+        return []
+    return [
+        ("Utility vs cohort size m (mean ± sample std over seeds)", cohort_markdown(table["cohort"])),
+        (
+            "Goal figure: share of FedAvg's gain over local-only that PrivFedTalk keeps "
+            "(sync corr, seed means)",
+            goal_markdown(table["cohort_goal"]),
+        ),
+    ]
+
+
+def _cohort_curve(ax, summaries: list[dict], curve: str, style: str) -> None:
+    points = curve_points(summaries, curve)
+    if not points:
+        return
+    ms = sorted(points)
+    means = [points[m]["mean"]["sync_corr"] for m in ms]
+    errors = [points[m]["std"]["sync_corr"] or 0.0 for m in ms]
+    seeds = "/".join(str(points[m]["n_seeds"]) for m in ms)
+    ax.errorbar(ms, means, yerr=errors, fmt=style, capsize=3, label=f"{curve} (seeds {seeds})")
+
+
+def plot_cohort(path: Path, summaries: list[dict]) -> None:
+    """utility_vs_cohort.png: sync corr against m per curve (error bars: sample std over seeds); the
+    variants at the largest m as single markers."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for curve, style in zip(COHORT_CURVES, ("o-", "s--", "^:"), strict=True):
+        _cohort_curve(ax, summaries, curve, style)
+    variants = [
+        s for s in summaries if s["curve"] not in COHORT_CURVES and s["mean"]["sync_corr"] is not None
+    ]
+    for i, (s, marker) in enumerate(zip(variants, "xDv*P", strict=False)):
+        std = s["std"]["sync_corr"] or 0.0
+        x = s["m"] * 2 ** (0.1 * (i + 1))  # beside the base point at the same m, not on top of it
+        label = f"{s['row']} (seeds {s['n_seeds']})"
+        ax.errorbar([x], [s["mean"]["sync_corr"]], yerr=[std], fmt=marker, capsize=3, label=label)
+    ax.set_xscale("log", base=2)
+    ms = sorted({s["m"] for s in summaries})
+    ax.set_xticks(ms, [str(m) for m in ms])
+    ax.minorticks_off()
+    ax.set_xlabel("clients per round m")
+    ax.set_ylabel("sync corr (held-out clips)")
+    ax.set_title("Utility vs cohort size at fixed ε (mean ± std over seeds)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 # ---------------------------------------------------------------------------- the honest reading
@@ -325,7 +481,8 @@ def markdown_tables(table: dict) -> list[tuple[str, str]]:
 
 
 def write_markdown(path: Path, table: dict) -> None:
-    path.write_text("\n\n".join(f"## {title}\n\n{md}" for title, md in markdown_tables(table)) + "\n")
+    sections = markdown_tables(table) + cohort_sections(table)
+    path.write_text("\n\n".join(f"## {title}\n\n{md}" for title, md in sections) + "\n")
 
 
 def write_csv(path: Path, table: dict) -> None:
@@ -547,6 +704,8 @@ def write_figures(out_dir: Path, bench: Benchmark, table: dict, cache) -> None:
     if privacy:
         levels = [s for s in table["main"] if s["row"] in ("fedavg", "local-only")]
         plot_privacy(out_dir / "privacy_utility.png", privacy, levels)
+    if table.get("cohort"):
+        plot_cohort(out_dir / "utility_vs_cohort.png", table["cohort"])
     frames_shown = int(bench.preset["qualitative_frames"])
     plot_qualitative(out_dir / "qualitative.png", plot_rows, cache, frames_shown)
     table["samples"] = write_samples(out_dir / "samples", plot_rows, cache)
@@ -660,6 +819,16 @@ HOW_TO_READ = [
 ]
 
 
+COHORT_HOW_TO_READ = [
+    "Cohort sweep: m = clients per round (PrivFedTalk: Poisson sampling at rate m/N, so m is the expected "
+    "count). ε observer: what anyone who sees the released model learns; ε server worst/median: over the "
+    "clients, for a server that knows who took part. noise/signal: ‖released sum − noise-free sum‖ ÷ "
+    "‖noise-free sum‖ per round (privacy.log_signal_norm, a simulation-only diagnostic), the median over "
+    "rounds, averaged over seeds; about z·√d/m. `utility_vs_cohort.png` plots sync corr against m.",
+    "",
+]
+
+
 def readme_reading(table: dict) -> list[str]:
     lines = ["## Honest reading", ""]
     lines += [f"- {text}" for text in table.get("reading", [])]
@@ -680,15 +849,18 @@ def readme_reading(table: dict) -> list[str]:
 def readme(table: dict, args, rows: list[Row]) -> str:
     """OUT/PRESET/README.md: what ran, where and how long, the tables, how to read them, the findings."""
     lines = readme_what_ran(table, rows) + readme_machine_and_time(table)
-    for title, markdown in markdown_tables(table):
+    for title, markdown in markdown_tables(table) + cohort_sections(table):
         lines += [f"## {title}", "", markdown, ""]
+    if table.get("cohort"):
+        lines += COHORT_HOW_TO_READ
     lines += HOW_TO_READ + readme_reading(table)
     lines += [
         "",
         "## Files",
         "",
         "`table.md`, `table.csv`, `table.json` (every number, per seed), `table.tex`, `convergence.png`, "
-        "`privacy_utility.png`, `qualitative.png`, `samples/*.mp4` (seed-0 generations with the driving "
+        "`privacy_utility.png`, `utility_vs_cohort.png` (cohort presets), `qualitative.png`, `samples/*.mp4` "
+        "(seed-0 generations with the driving "
         "audio), `runs/ROW/seedK/` (config.yaml, metrics.jsonl, eval.json, TensorBoard logs).",
         "",
         f"Command line: `{' '.join(args.argv)}`",
@@ -753,6 +925,9 @@ def build_table(bench: Benchmark, args) -> dict:
     table = describe(bench, args)
     for name in TABLES:
         table[name] = [summarize(r) for r in bench.selected if r.table == name]
+    cohort = [summarize_cohort(r) for r in bench.selected if r.table == "cohort"]
+    if cohort:
+        table["cohort"], table["cohort_goal"] = cohort, goal_ratios(cohort)
     table["comparison"] = compare(table)
     privacy_rows = [r for r in bench.selected if r.table == "privacy"]
     if privacy_rows:
