@@ -439,11 +439,13 @@ def _validate_secure_aggregation(privacy, fed) -> None:
         privacy.clip_norm,
         "secure aggregation encodes clipped updates in fixed point: use a positive clip norm",
     )
+    from privfedtalk.privacy.secagg import MIN_CLIENTS
+
     _require(
-        fed.clients_per_round >= 2,
+        fed.clients_per_round >= MIN_CLIENTS,
         "federated.clients_per_round",
         fed.clients_per_round,
-        "secure aggregation sums at least 2 clients: use >= 2",
+        f"secure aggregation sums at least {MIN_CLIENTS} clients: use >= {MIN_CLIENTS}",
     )
 
 
