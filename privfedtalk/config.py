@@ -195,6 +195,8 @@ class FederatedConfig:
     sampling: Sampling = Sampling.fixed_size
     local_steps: int = 10
     batch_windows: int = 4
+    # Clients trained at once in one grouped U-Net pass (federated/batched.py); 1: one after another.
+    client_batch: int = 1
     lr: float = 1e-3
     server_optimizer: ServerOptimizer = ServerOptimizer.sgd
     server_lr: float = 1.0  # 0: the global state never moves (the local-only baseline)
@@ -364,6 +366,15 @@ def _validate_federated(fed) -> None:
     _require(fed.clients_per_round >= 1, "federated.clients_per_round", fed.clients_per_round, "use >= 1")
     _require(fed.local_steps >= 0, "federated.local_steps", fed.local_steps, "use >= 0")
     _require(fed.batch_windows >= 1, "federated.batch_windows", fed.batch_windows, "use >= 1")
+    _require(fed.client_batch >= 1, "federated.client_batch", fed.client_batch, "use >= 1 (1: one at a time)")
+    if fed.client_batch > 1:
+        _require(
+            fed.federate == Federate.shared_adapter,
+            "federated.client_batch",
+            fed.client_batch,
+            "batched clients need federated.federate=shared_adapter (federate=unet trains the whole "
+            "backbone per client; use client_batch=1)",
+        )
     _require(fed.lr >= 0, "federated.lr", fed.lr, "use >= 0")
     _require(fed.server_lr >= 0, "federated.server_lr", fed.server_lr, "use >= 0 (0: local-only baseline)")
     _require(0 <= fed.server_momentum < 1, "federated.server_momentum", fed.server_momentum, "use [0, 1)")

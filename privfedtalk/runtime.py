@@ -96,6 +96,38 @@ class Precision:
             self.scaler.update()
 
 
+def clip_grad_norm_per_group_(stacked, max_norm: float) -> torch.Tensor:
+    """`torch.nn.utils.clip_grad_norm_` applied to each slice k of stacked (K, ...) parameters on its own.
+
+    Slice k's norm is the L2 norm of every parameter's slice-k gradient, as clip_grad_norm_ computes
+    over one client's parameters; each slice is scaled by min(1, max_norm / (norm + 1e-6)) as there.
+    Returns the K norms before clipping.
+    """
+    grads = [p.grad for p in stacked if p.grad is not None]
+    if not grads:
+        return torch.zeros(0)
+    per_param = torch.stack([torch.linalg.vector_norm(g.flatten(1), 2, dim=1) for g in grads], dim=1)
+    norms = torch.linalg.vector_norm(per_param, 2, dim=1)
+    scale = torch.clamp(max_norm / (norms + 1e-6), max=1.0)
+    for g in grads:
+        g.mul_(scale.view(-1, *([1] * (g.dim() - 1))).to(g.dtype))
+    return norms
+
+
+def grouped_step(loss, optimizer, stacked, max_norm: float | None = 1.0) -> None:
+    """`Precision.step` in fp32 for K clients whose parameters are stacked (K, ...) leaves.
+
+    `loss` is the sum of the clients' losses, so slice k of each gradient is client k's. Clipping is
+    per client; an element-wise optimizer (AdamW) on the stacked tensors then updates every slice
+    exactly as it would update that client's own tensors.
+    """
+    optimizer.zero_grad()
+    loss.backward()
+    if max_norm is not None:
+        clip_grad_norm_per_group_(stacked, max_norm)
+    optimizer.step()
+
+
 def enable_gradient_checkpointing(module, enabled: bool, device: torch.device) -> None:
     """Trade compute for activation memory (diffusers models); worth it on small GPUs, not on CPU."""
     if not enabled:

@@ -53,20 +53,39 @@ class SequentialBackend:
         self._order = {spec.client_id: i for i, spec in enumerate(sampled)}
         results = {}
         here = self.clients_here(sampled)
-        for spec in tqdm(
-            here, desc=f"round {round_index + 1} clients", leave=False, disable=not self.is_server
-        ):
+        size = max(1, int(getattr(self.trainer, "client_batch", 1)))
+        progress = tqdm(
+            total=len(here), desc=f"round {round_index + 1} clients", leave=False, disable=not self.is_server
+        )
+        for start in range(0, len(here), size):
+            group = self._load_group(here[start : start + size], round_index)
+            for (spec, _), (update, report) in zip(
+                group, self._train_group(group, instructions, global_state, round_index)
+            ):
+                results[spec.client_id] = LocalResult(update, report)
+                if self.on_client_done is not None:
+                    self.on_client_done(round_index, spec.client_id)
+            progress.update(min(size, len(here) - start))
+        progress.close()
+        return results
+
+    def _load_group(self, specs: list, round_index: int) -> list:
+        """(spec, data) of the clients, in order; a client whose media fail to load is skipped."""
+        group = []
+        for spec in specs:
             try:
-                data = self.loader.load(spec)
+                group.append((spec, self.loader.load(spec)))
             except MediaError as err:
                 log.warning("round %d: %s skipped: %s", round_index + 1, spec.client_id, err)
-                continue
-            seed = client_seed(self.seed, round_index, spec.client_id)
-            update, report = self.trainer.run(data, global_state, round_index, seed, instructions)
-            results[spec.client_id] = LocalResult(update, report)
-            if self.on_client_done is not None:
-                self.on_client_done(round_index, spec.client_id)
-        return results
+        return group
+
+    def _train_group(self, group: list, instructions, global_state, round_index: int) -> list:
+        """One client with `LocalTrainer.run`; several at once with `run_many` (federated.client_batch)."""
+        seeds = [client_seed(self.seed, round_index, spec.client_id) for spec, _ in group]
+        data = [d for _, d in group]
+        if len(data) == 1:
+            return [self.trainer.run(data[0], global_state, round_index, seeds[0], instructions)]
+        return self.trainer.run_many(data, global_state, round_index, seeds, instructions)
 
     # -- agreeing on the round ----------------------------------------------------------------------
     def _in_sampled_order(self, client_ids) -> list:

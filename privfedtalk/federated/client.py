@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from privfedtalk.config import Federate, SignalSource
-from privfedtalk.federated import signals
+from privfedtalk.federated import batched, signals
 from privfedtalk.federated.aggregation import fedprox_term
 from privfedtalk.federated.strategy import ClientReport, Instructions
 from privfedtalk.model import adapters
@@ -101,6 +101,7 @@ class LocalTrainer:
         self.store = store
         self.cfg = cfg.federated
         self.window = cfg.data.window
+        self.client_batch = cfg.federated.client_batch
         self.condition_dropout = cfg.model.diffusion.condition_dropout
         fed_cfg = cfg.federated
         unet = model.unet
@@ -169,7 +170,23 @@ class LocalTrainer:
             tdcs.append(out["tdc"].item() if "tdc" in out else 0.0)
         model.unet.eval()
         train_seconds = time.perf_counter() - t1
+        return self.finish(
+            client, generator, global_shared, round_index, instructions, losses, tdcs, train_seconds, swap
+        )
 
+    def finish(
+        self,
+        client: ClientData,
+        generator: torch.Generator,
+        global_shared: torch.Tensor,
+        round_index: int,
+        instructions: Instructions,
+        losses: list[float],
+        tdcs: list[float],
+        train_seconds: float,
+        swap: float,
+    ):
+        """After local steps, with the client's adapters in the U-Net: signals, update, slot, report."""
         reliability = self.reliability_signals(client, generator) if instructions.compute_signals else {}
         t2 = time.perf_counter()
         delta = get_flat(self.shared) - global_shared
@@ -184,6 +201,18 @@ class LocalTrainer:
             swap,
         )
         return update, report
+
+    def run_many(
+        self,
+        clients: list[ClientData],
+        global_shared: torch.Tensor,
+        round_index: int,
+        seeds: list[int],
+        instructions: Instructions,
+    ) -> list:
+        """`run` for several clients at once (grouped U-Net passes): one (ClientUpdate, LocalReport)
+        per client, equal to `run`'s up to float rounding (federated/batched.py)."""
+        return batched.run_group(self, clients, global_shared, round_index, seeds, instructions)
 
     def reliability_signals(self, client: ClientData, generator: torch.Generator) -> dict[str, float]:
         """Identity consistency and temporal stability, quantized to `signal_bits` bits on the client.

@@ -267,20 +267,43 @@ class TalkingHeadGenerator(nn.Module):
         temporal-denoising-consistency term compares like with like.
         """
         batch, window = latents.shape[:2]
+        draws = self.draw_loss_noise(latents, generator, condition_dropout)
+        inputs = self.noised_inputs(latents, reference, audio_features, draws)
+        output = self.denoise(*inputs)
+        return self.loss_terms(output, latents, inputs[0], draws, lambda_tdc, tdc_space)
+
+    def draw_loss_noise(self, latents: torch.Tensor, generator: torch.Generator, condition_dropout: float):
+        """The loss's random draws for windows latents (batch, window, ...), in the generator's order.
+
+        Returns (t, noise, keep) on latents' device: t (batch * window,) one timestep per window,
+        noise like the flattened latents, keep (batch * window,) 0/1 or None without dropout.
+        Batched clients (federated/batched.py) draw each client's share with its own generator.
+        """
+        batch, window = latents.shape[:2]
         device = latents.device
         steps = self.scheduler.config.num_train_timesteps
         t = torch.randint(0, steps, (batch,), generator=generator, device="cpu").to(device)
         t = t.repeat_interleave(window)
-        flat = latents.flatten(0, 1)
-        noise = torch.randn(flat.shape, generator=generator, device="cpu").to(device)
-        noisy = self.scheduler.add_noise(flat, noise, t)
-        ref = reference.repeat_interleave(window, dim=0)
-        audio = audio_features.flatten(0, 1)
+        noise = torch.randn(latents.flatten(0, 1).shape, generator=generator, device="cpu").to(device)
         keep = None
         if condition_dropout > 0:
             keep = (torch.rand(batch, generator=generator) >= condition_dropout).float()
             keep = keep.repeat_interleave(window).to(device)
-        output = self.denoise(noisy, t, ref, audio, keep)
+        return t, noise, keep
+
+    def noised_inputs(self, latents, reference, audio_features, draws) -> tuple:
+        """The denoiser's arguments (noisy, t, reference, audio, keep), one row per frame."""
+        t, noise, keep = draws
+        window = latents.shape[1]
+        noisy = self.scheduler.add_noise(latents.flatten(0, 1), noise, t)
+        ref = reference.repeat_interleave(window, dim=0)
+        return noisy, t, ref, audio_features.flatten(0, 1), keep
+
+    def loss_terms(self, output, latents, noisy, draws, lambda_tdc: float, tdc_space: str) -> dict:
+        """Diffusion loss and the optional TDC term of one batch of windows from the U-Net output."""
+        t, noise, _ = draws
+        batch, window = latents.shape[:2]
+        flat = latents.flatten(0, 1)
         target = self._target(flat, noise, t)
         diffusion = F.mse_loss(output.float(), target.float())
         result = {"diffusion": diffusion}

@@ -1,0 +1,106 @@
+"""Grouped LoRA: one U-Net forward for K clients, each sample using its own client's adapter weights.
+
+The batch holds K equal groups of rows, group k = client k. The base (frozen) layers see the whole
+batch, so their per-op overhead is paid once instead of K times; every peft LoRA layer adds
+B_k·A_k·x for the rows of group k, with A_k and B_k taken from stacked (K, ...) tensors instead of the
+layer's own weights. Every other U-Net op (group norm, attention, time embedding) acts on each row on
+its own, so client k's outputs, loss and gradients are those of a forward with its adapters alone;
+only the summation order inside kernels differs (float rounding).
+
+The stacked tensors are leaves of the caller's: backward of the sum of the K clients' losses gives
+each slice k the gradient of client k's loss, because no other client's loss depends on it.
+"""
+
+from __future__ import annotations
+
+import types
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from peft.tuners.lora.layer import LoraLayer
+from torch import nn
+
+
+def lora_layers(unet) -> list:
+    """peft LoRA layers of the U-Net, in module order."""
+    return [m for m in unet.modules() if isinstance(m, LoraLayer)]
+
+
+def check_groupable(layer) -> None:
+    """Only plain LoRA (no DoRA or other variant, no LoRA bias, no dropout, unmerged) is grouped."""
+    if getattr(layer, "merged", False) or getattr(layer, "lora_variant", {}):
+        raise ValueError(f"{type(layer).__name__}: merged or variant LoRA layers cannot be grouped")
+    for name in layer.lora_A:
+        if layer.lora_A[name].bias is not None or layer.lora_B[name].bias is not None:
+            raise ValueError(f"LoRA adapter '{name}' has a bias: not supported by grouped LoRA")
+        if not isinstance(layer.lora_dropout[name], nn.Identity):
+            raise ValueError(f"LoRA adapter '{name}' has dropout: not supported by grouped LoRA")
+    if not isinstance(layer.base_layer, (nn.Linear, nn.Conv2d)):
+        raise ValueError(f"grouped LoRA supports Linear and Conv2d layers, not {type(layer.base_layer)}")
+
+
+def linear_delta(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Rows (K·n, ..., in) -> (K·n, ..., out): group k times A_k (K, r, in) then B_k (K, out, r)."""
+    groups = a.shape[0]
+    flat = x.reshape(groups, -1, x.shape[-1])
+    hidden = torch.bmm(flat, a.transpose(1, 2))
+    out = torch.bmm(hidden, b.transpose(1, 2))
+    return out.reshape(*x.shape[:-1], b.shape[1])
+
+
+def conv_delta(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, lora_a: nn.Conv2d) -> torch.Tensor:
+    """Images (K·n, C, H, W) -> (K·n, out, H', W'): a grouped convolution with K groups.
+
+    The K clients become K channel groups of n images: A_k is conv group k (A's kernel, stride and
+    padding), B_k a 1x1 conv (peft's lora_B) applied per group as a batched matmul.
+    """
+    groups, rank = a.shape[:2]
+    n = x.shape[0] // groups
+    channels_first = x.reshape(groups, n, *x.shape[1:]).transpose(0, 1).reshape(n, -1, *x.shape[2:])
+    hidden = F.conv2d(
+        channels_first,
+        a.reshape(groups * rank, *a.shape[2:]),
+        stride=lora_a.stride,
+        padding=lora_a.padding,
+        dilation=lora_a.dilation,
+        groups=groups,
+    )  # (n, K·r, H', W')
+    height, width = hidden.shape[-2:]
+    hidden = hidden.reshape(n, groups, rank, height * width).permute(1, 0, 3, 2)  # (K, n, HW, r)
+    out = torch.matmul(hidden, b.reshape(groups, 1, b.shape[1], rank).transpose(-1, -2))  # (K, n, HW, out)
+    return out.permute(0, 1, 3, 2).reshape(groups * n, b.shape[1], height, width)
+
+
+def _grouped_forward(layer, x, *args, stacked, **kwargs):
+    result = layer.base_layer(x, *args, **kwargs)
+    for name in layer.active_adapters:
+        if name not in layer.lora_A:
+            continue
+        lora_a, lora_b = layer.lora_A[name], layer.lora_B[name]
+        a, b = stacked[id(lora_a.weight)], stacked[id(lora_b.weight)]
+        if isinstance(layer.base_layer, nn.Conv2d):
+            delta = conv_delta(x, a, b, lora_a)
+        else:
+            delta = linear_delta(x, a, b)
+        result = result + delta * layer.scaling[name]
+    return result
+
+
+@contextmanager
+def grouped_lora(unet, stacked: dict[int, torch.Tensor]):
+    """Within the block, LoRA layers read their weights from `stacked` (id of the layer's weight ->
+    (K, *weight.shape)) and apply slice k to the k-th of K equal row groups of every batch."""
+    layers = lora_layers(unet)
+    for layer in layers:
+        check_groupable(layer)
+    try:
+        for layer in layers:
+            layer.forward = types.MethodType(
+                lambda self, x, *args, **kwargs: _grouped_forward(self, x, *args, stacked=stacked, **kwargs),
+                layer,
+            )
+        yield
+    finally:
+        for layer in layers:
+            layer.__dict__.pop("forward", None)

@@ -1,0 +1,133 @@
+"""Batched clients (federated.client_batch > 1) equal sequential clients within float tolerance.
+
+Tolerance: kernels of the grouped pass sum in another order than the per-client pass, so results
+differ by float32 rounding only. An update delta or identity adapter counts as equal when
+‖batched − sequential‖ ≤ 1e-5 · ‖sequential‖ (+1e-7 absolute). Measured on these fixtures: ~1e-7
+relative. A wrong pairing of client, adapter or randomness would differ by O(1) relative.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from privfedtalk.config import load_config
+from privfedtalk.errors import ConfigError
+from privfedtalk.federated import simulation
+from privfedtalk.federated.client import LocalTrainer, get_flat
+from privfedtalk.federated.clients import ClientLoader, register_clients
+from privfedtalk.federated.models import build_federated_model
+from privfedtalk.federated.store import ClientStore, RunFolder
+from privfedtalk.federated.strategy import Instructions
+from privfedtalk.model import adapters
+
+RELATIVE = 1e-5
+ABSOLUTE = 1e-7
+
+
+def assert_close(batched: torch.Tensor, sequential: torch.Tensor) -> float:
+    """Assert the tolerance above; return the relative difference (for the failure message)."""
+    gap = float((batched - sequential).norm())
+    scale = float(sequential.norm())
+    assert gap <= RELATIVE * scale + ABSOLUTE, f"differ by {gap:.3g} at norm {scale:.3g}"
+    return gap / max(scale, 1e-30)
+
+
+class MemoryStore:
+    """Identity slots in memory: what each client starts from and what it staged."""
+
+    def __init__(self, slots: dict):
+        self.slots = {k: {n: v.clone() for n, v in state.items()} for k, state in slots.items()}
+        self.staged = {}
+
+    def has_identity(self, client_id):
+        return client_id in self.slots
+
+    def load_identity(self, client_id):
+        return {n: v.clone() for n, v in self.slots[client_id].items()}
+
+    def stage_identity(self, client_id, state, round_index):
+        self.staged[client_id] = {n: v.clone() for n, v in state.items()}
+
+
+def three_clients(cfg, model, tmp_path):
+    """The fixture's two private clients and a third on the first one's clips (its own seed)."""
+    loader = ClientLoader(cfg, model, ClientStore(tmp_path / "slots"))
+    clients = [loader.load(spec) for spec in register_clients(cfg)]
+    third = copy.copy(clients[0])
+    third.client_id = "client99"
+    return clients + [third]
+
+
+def train_both_ways(cfg, tmp_path, instructions):
+    """Updates and staged identity adapters of 3 clients: one by one, and in groups of 2 (2 + 1)."""
+    torch.manual_seed(0)
+    model, encoder = build_federated_model(cfg, torch.device("cpu"))
+    clients = three_clients(cfg, model, tmp_path)
+    fresh = adapters.adapter_state(model.unet, adapters.IDENTITY)
+    # One client starts from a trained-looking slot, so loading slots is part of what is compared.
+    slots = {clients[1].client_id: {k: v + 0.05 * torch.randn_like(v) for k, v in fresh.items()}}
+    global_shared = 0.05 * torch.randn(
+        get_flat(adapters.adapter_parameters(model.unet, adapters.SHARED)).numel()
+    )
+    seeds = [11, 22, 33]
+    # One trainer: it keeps the fresh identity adapter it found at construction.
+    trainer = LocalTrainer(cfg, model, encoder, None)
+    outcomes = {}
+    for batch in (1, 2):
+        store = trainer.store = MemoryStore(slots)
+        if batch == 1:
+            results = [trainer.run(c, global_shared, 0, s, instructions) for c, s in zip(clients, seeds)]
+        else:
+            results = trainer.run_many(clients[:2], global_shared, 0, seeds[:2], instructions)
+            results += trainer.run_many(clients[2:], global_shared, 0, seeds[2:], instructions)
+        outcomes[batch] = (results, store.staged)
+    return clients, outcomes
+
+
+@pytest.mark.parametrize(
+    "extra, mu",
+    [([], 0.0), (["federated.lambda_tdc=0.5", "federated.tdc_space=x0"], 0.05)],
+    ids=["plain", "tdc-fedprox"],
+)
+def test_batched_clients_equal_sequential_clients(tiny_federated_config, tmp_path, extra, mu):
+    cfg = tiny_federated_config(*extra)
+    instructions = Instructions(local_steps=3, mu=mu, compute_signals=True)
+    clients, outcomes = train_both_ways(cfg, tmp_path, instructions)
+    (sequential, seq_staged), (batched, bat_staged) = outcomes[1], outcomes[2]
+    gaps = []
+    for client, (seq_update, seq_report), (bat_update, bat_report) in zip(clients, sequential, batched):
+        assert bat_update.client_id == seq_update.client_id == client.client_id
+        assert float(seq_update.delta.norm()) > 1e-3  # the clients did train
+        gaps.append(assert_close(bat_update.delta, seq_update.delta))
+        assert bat_update.signals == seq_update.signals
+        assert bat_report.loss == pytest.approx(seq_report.loss, rel=1e-5)
+        assert bat_report.tdc == pytest.approx(seq_report.tdc, rel=1e-4, abs=1e-7)
+        seq_identity = adapters.flatten_state(seq_staged[client.client_id])
+        gaps.append(assert_close(adapters.flatten_state(bat_staged[client.client_id]), seq_identity))
+    # Clients differ from each other by far more than the tolerance: the comparison can fail.
+    assert float((sequential[0][0].delta - sequential[2][0].delta).norm()) > 1e-2 * float(
+        sequential[0][0].delta.norm()
+    )
+    print("largest relative gap", max(gaps))
+
+
+def test_a_batched_run_equals_a_sequential_run(tiny_federated_config, tmp_path):
+    states = {}
+    for batch in (1, 2):
+        cfg = tiny_federated_config(
+            "federated.rounds=2", f"federated.client_batch={batch}", f"out_dir={tmp_path / str(batch)}"
+        )
+        states[batch] = RunFolder(simulation.train(cfg)).load()[0]
+    assert float((states[1] - states[1].mean()).norm()) > 0
+    assert_close(states[2], states[1])
+
+
+def test_client_batch_must_be_positive_and_needs_the_shared_adapter():
+    assert load_config(None, ["federated.client_batch=4"]).federated.client_batch == 4
+    with pytest.raises(ConfigError, match="federated.client_batch"):
+        load_config(None, ["federated.client_batch=0"])
+    with pytest.raises(ConfigError, match="federate=shared_adapter"):
+        load_config(None, ["federated.client_batch=2", "federated.federate=unet"])
