@@ -1,9 +1,12 @@
 """Batched clients (federated.client_batch > 1) equal sequential clients within float tolerance.
 
 Tolerance: kernels of the grouped pass sum in another order than the per-client pass, so results
-differ by float32 rounding only. An update delta or identity adapter counts as equal when
-‖batched − sequential‖ ≤ 1e-5 · ‖sequential‖ (+1e-7 absolute). Measured on these fixtures: ~1e-7
-relative. A wrong pairing of client, adapter or randomness would differ by O(1) relative.
+differ by float32 rounding only, which AdamW amplifies where an element's gradient is a near-cancelling
+sum (it normalises the step by the gradient's own size). Compared are the changes a client makes:
+the update delta must satisfy ‖batched − sequential‖ ≤ 1e-4 · ‖sequential‖, and the identity
+adapter's change from its starting slot ≤ 1e-3 · ‖sequential change‖ (+1e-7 absolute for both).
+Measured after 3 local steps: deltas ~1e-6 relative, identity changes ~1e-5 to 2e-4. A wrong pairing
+of client, adapter or randomness differs by O(1) relative (asserted below: clients differ by > 1e-2).
 """
 
 from __future__ import annotations
@@ -23,15 +26,16 @@ from privfedtalk.federated.store import ClientStore, RunFolder
 from privfedtalk.federated.strategy import Instructions
 from privfedtalk.model import adapters
 
-RELATIVE = 1e-5
+DELTA_TOLERANCE = 1e-4
+IDENTITY_TOLERANCE = 1e-3
 ABSOLUTE = 1e-7
 
 
-def assert_close(batched: torch.Tensor, sequential: torch.Tensor) -> float:
+def assert_close(batched: torch.Tensor, sequential: torch.Tensor, relative: float) -> float:
     """Assert the tolerance above; return the relative difference (for the failure message)."""
     gap = float((batched - sequential).norm())
     scale = float(sequential.norm())
-    assert gap <= RELATIVE * scale + ABSOLUTE, f"differ by {gap:.3g} at norm {scale:.3g}"
+    assert gap <= relative * scale + ABSOLUTE, f"differ by {gap:.3g} at norm {scale:.3g}"
     return gap / max(scale, 1e-30)
 
 
@@ -84,7 +88,8 @@ def train_both_ways(cfg, tmp_path, instructions):
             results = trainer.run_many(clients[:2], global_shared, 0, seeds[:2], instructions)
             results += trainer.run_many(clients[2:], global_shared, 0, seeds[2:], instructions)
         outcomes[batch] = (results, store.staged)
-    return clients, outcomes
+    starts = {c.client_id: adapters.flatten_state(slots.get(c.client_id, fresh)) for c in clients}
+    return clients, outcomes, starts
 
 
 @pytest.mark.parametrize(
@@ -95,23 +100,26 @@ def train_both_ways(cfg, tmp_path, instructions):
 def test_batched_clients_equal_sequential_clients(tiny_federated_config, tmp_path, extra, mu):
     cfg = tiny_federated_config(*extra)
     instructions = Instructions(local_steps=3, mu=mu, compute_signals=True)
-    clients, outcomes = train_both_ways(cfg, tmp_path, instructions)
+    clients, outcomes, starts = train_both_ways(cfg, tmp_path, instructions)
     (sequential, seq_staged), (batched, bat_staged) = outcomes[1], outcomes[2]
-    gaps = []
+    gaps, identity_gaps = [], []
     for client, (seq_update, seq_report), (bat_update, bat_report) in zip(clients, sequential, batched):
         assert bat_update.client_id == seq_update.client_id == client.client_id
         assert float(seq_update.delta.norm()) > 1e-3  # the clients did train
-        gaps.append(assert_close(bat_update.delta, seq_update.delta))
+        gaps.append(assert_close(bat_update.delta, seq_update.delta, DELTA_TOLERANCE))
         assert bat_update.signals == seq_update.signals
         assert bat_report.loss == pytest.approx(seq_report.loss, rel=1e-5)
         assert bat_report.tdc == pytest.approx(seq_report.tdc, rel=1e-4, abs=1e-7)
-        seq_identity = adapters.flatten_state(seq_staged[client.client_id])
-        gaps.append(assert_close(adapters.flatten_state(bat_staged[client.client_id]), seq_identity))
+        start = starts[client.client_id]
+        seq_change = adapters.flatten_state(seq_staged[client.client_id]) - start
+        bat_change = adapters.flatten_state(bat_staged[client.client_id]) - start
+        assert float(seq_change.norm()) > 1e-3
+        identity_gaps.append(assert_close(bat_change, seq_change, IDENTITY_TOLERANCE))
     # Clients differ from each other by far more than the tolerance: the comparison can fail.
     assert float((sequential[0][0].delta - sequential[2][0].delta).norm()) > 1e-2 * float(
         sequential[0][0].delta.norm()
     )
-    print("largest relative gap", max(gaps))
+    print(f"largest relative gap: deltas {max(gaps):.2g}, identity changes {max(identity_gaps):.2g}")
 
 
 def test_a_batched_run_equals_a_sequential_run(tiny_federated_config, tmp_path):
@@ -122,7 +130,7 @@ def test_a_batched_run_equals_a_sequential_run(tiny_federated_config, tmp_path):
         )
         states[batch] = RunFolder(simulation.train(cfg)).load()[0]
     assert float((states[1] - states[1].mean()).norm()) > 0
-    assert_close(states[2], states[1])
+    assert_close(states[2], states[1], DELTA_TOLERANCE)
 
 
 def test_client_batch_must_be_positive_and_needs_the_shared_adapter():
