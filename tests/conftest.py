@@ -16,6 +16,13 @@ def tiny_overrides(root, out_dir) -> list[str]:
 
 
 @pytest.fixture(scope="session")
+def tiny_base_overrides():
+    """`tiny_overrides` for test modules in any folder (`from conftest import` is ambiguous: every
+    test folder has a conftest module)."""
+    return tiny_overrides
+
+
+@pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory):
     """4 identities (2 public, 2 private) x 2 clips x 1 s at 32x32."""
     from privfedtalk.data.synthetic import synthesize_corpus

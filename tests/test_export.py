@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import tiny_overrides
 from diffusers import UNet2DConditionModel
 from peft import PeftModel
 from PIL import Image
@@ -26,12 +25,12 @@ from privfedtalk.federated.store import RunFolder
 
 
 @pytest.fixture(scope="module")
-def dp_run(tiny_corpus, tiny_checkpoint, tmp_path_factory):
+def dp_run(tiny_corpus, tiny_checkpoint, tmp_path_factory, tiny_base_overrides):
     """A 2-round DP run on the tiny corpus: both private identities train in every round."""
     out = tmp_path_factory.mktemp("export_run") / "run"
     cfg = load_config(
         None,
-        tiny_overrides(tiny_corpus, out)
+        tiny_base_overrides(tiny_corpus, out)
         + QUICK["federated"]
         + [
             f"federated.checkpoint={tiny_checkpoint}",
