@@ -31,7 +31,9 @@ AUDIT_RUN = [
 
 
 def test_canaries_take_part_without_reaching_real_clients(tiny_federated_config, tmp_path):
-    cfg = tiny_federated_config(*AUDIT_RUN, f"out_dir={tmp_path / 'audit'}")
+    # Every client in every round (q = 1), so the real clients surely train (sampling is OS entropy).
+    everyone = f"federated.clients_per_round={CANARIES + 2}"
+    cfg = tiny_federated_config(*AUDIT_RUN, everyone, f"out_dir={tmp_path / 'audit'}")
     summary = audit_run(cfg, CANARIES, bootstrap_samples=50)
     run = RunFolder(summary["run"])
     assert json.loads((run.path / "audit.json").read_text()) == summary
