@@ -47,6 +47,13 @@ KEY_METRICS = ("psnr", "mouth_psnr", "sync_corr", "id_sim")
 # ------------------------------------------------------------------------------------ the numbers
 
 
+def save_figure(fig, path) -> None:
+    """Every figure of the report: tight layout, 120 dpi, closed after writing."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    pyplot().close(fig)
+
+
 def run_values(row: Row, run: Run) -> dict:
     """One run's table values: quality from eval.json, systems from metrics.jsonl."""
     values = {key: run.eval["metrics"].get(key) for key, *_ in QUALITY}
@@ -311,9 +318,7 @@ def plot_cohort(path: Path, summaries: list[dict]) -> None:
     ax.set_ylabel("sync corr (held-out clips)")
     ax.set_title("Utility vs cohort size at fixed ε (mean ± std over seeds)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------- the honest reading
@@ -572,9 +577,7 @@ def plot_convergence(path: Path, rows: list[Row]) -> None:
     ax.set_ylabel("diffusion loss (mean over sampled clients)")
     ax.set_title("Convergence (mean ± std over seeds)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _privacy_axis(ax, points, index: int, name: str, references, inf_x: float, finite, has_inf) -> None:
@@ -619,9 +622,7 @@ def plot_privacy(path: Path, summaries: list[dict], references: list[dict] = ())
     for ax, index, name in ((axes[0], 1, "PSNR (dB)"), (axes[1], 2, "sync corr")):
         _privacy_axis(ax, points, index, name, references, inf_x, finite, has_inf)
     fig.suptitle("Privacy-utility (privfedtalk, seed 0)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def load_sample(run: Run):
@@ -675,9 +676,7 @@ def plot_qualitative(path: Path, rows: list[Row], cache, frames_shown: int) -> N
         for j, t in enumerate(steps):
             _draw_frame(axes[i][j], i, j, t, label, frames, clip)
     fig.suptitle(f"Held-out clip {name} (seed 0 runs)", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_samples(folder: Path, rows: list[Row], cache) -> list[str]:
