@@ -115,12 +115,12 @@ class PrivacyMechanism:
     def guarantee(self) -> str:
         if not self.privacy.dp:
             return "none (DP off)"
-        if self.seeded:
-            return NOT_PRIVATE
         against_server = "none (trusted aggregator)" if self.trusted else "ε_server"
         text = (
             f"client-level DP at δ={self.privacy.delta:g}: ε_observer; against the server: {against_server}"
         )
+        if self.seeded:
+            text = NOT_PRIVATE
         if self.privacy.log_signal_norm:
             text += "; SIMULATION DIAGNOSTICS: the noise-free sum's norm is logged (not private)"
         return text

@@ -240,6 +240,10 @@ def test_adaptive_clipping_and_the_signal_diagnostic_in_a_real_round(tiny_federa
         "privacy.bit_noise_std=1.0",
         "privacy.clip_norm=0.001",  # far below the update norms: every client is clipped, C must grow
         "privacy.log_signal_norm=true",
+        # Two clients and σ_b = 1: with OS noise the noised count misleads C about 1 run in 6. The
+        # plumbing is under test here (C's convergence is tested on many draws in test_mechanism.py),
+        # so the test-only seeded noise makes the draw repeatable.
+        "privacy.noise_source=insecure_seeded",
     )
     first, second = records(simulation.train(cfg))
     assert first["clip_norm"] == pytest.approx(0.001) and first["next_clip_norm"] > 0.001

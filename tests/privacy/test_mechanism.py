@@ -134,8 +134,14 @@ def updates_with_norms(norms):
     return out
 
 
+# The direction of C's step is checked on one noised count per case: with OS noise a count this
+# noisy points the wrong way now and then, so these plumbing checks use the test-only seeded noise
+# (convergence over many draws is test_adaptive_clipping.py's).
+SEEDED = "privacy.noise_source=insecure_seeded"
+
+
 def test_adaptive_clipping_carries_the_unclipped_bit_and_moves_c_toward_the_quantile():
-    mech = mechanism(*ADAPTIVE, "privacy.clip_norm=1.0")
+    mech = mechanism(*ADAPTIVE, SEEDED, "privacy.clip_norm=1.0")
     assert mech.vector_size == DIMS + 1
     # Every update is far longer than C: nobody is unclipped, so C must grow (and shrink in the
     # opposite case); the bit is the last coordinate and the update part is clipped to the current C.
@@ -144,11 +150,11 @@ def test_adaptive_clipping_carries_the_unclipped_bit_and_moves_c_toward_the_quan
     release = mech.release(BACKEND, vectors, IDS[:4], [], 0)
     assert release.total.shape == (DIMS,) and release.clip_norm == 1.0
     assert mech.clip_norm > 1.0
-    small = mechanism(*ADAPTIVE, "privacy.clip_norm=1.0")
+    small = mechanism(*ADAPTIVE, SEEDED, "privacy.clip_norm=1.0")
     vectors = {u.client_id: small.privatize(u, 0.25, 4, 0) for u in updates_with_norms([0.01] * 4)}
     small.release(BACKEND, vectors, IDS[:4], [], 0)
     assert small.clip_norm < 1.0
-    restored = mechanism(*ADAPTIVE, "privacy.clip_norm=1.0")
+    restored = mechanism(*ADAPTIVE, SEEDED, "privacy.clip_norm=1.0")
     restored.load_state_dict(small.state_dict())
     assert restored.clip_norm == small.clip_norm
 
