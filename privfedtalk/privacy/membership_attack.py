@@ -41,9 +41,8 @@ def window_losses(model, latents: torch.Tensor, features: torch.Tensor, window: 
     return losses
 
 
-def _client_clips(model, cfg, store: ClientStore, client_id: str):
-    """(member clips, non-member clips) of a client as (latents, features) pairs."""
-    tensors, index = store.load_latents(client_id)
+def _client_clips(model, cfg, tensors: dict, index: dict):
+    """(member clips, non-member clips) of a client's slot (latents, index) as (latents, features) pairs."""
     members = [(tensors[f"{i}.latents"], tensors[f"{i}.features"]) for i in range(len(index["train"]))]
     heldout = load_named_clips(cfg.data.root, index["heldout"], cfg.data.audio, size=cfg.data.size)
     non_members = [
@@ -67,8 +66,9 @@ def membership_attack(run_dir: str | Path, draws: int = 4, seed: int = 0) -> dic
     folder = RunFolder(run_dir)
     cfg = folder.load_config()
     store = ClientStore(run_dir)
-    clients = sorted(p.name for p in store.root.glob("client*") if store.has_identity(p.name))
-    clients = [c for c in clients if store.load_latents(c) and store.load_latents(c)[1]["heldout"]]
+    with_identity = sorted(p.name for p in store.root.glob("client*") if store.has_identity(p.name))
+    slots = {c: store.load_latents(c) for c in with_identity}  # read each slot once
+    clients = [c for c in with_identity if slots[c] and slots[c][1]["heldout"]]
     if not clients:
         raise ValueError(f"{run_dir}: no client with an identity adapter and held-out clips to attack")
     model, _ = load_personalized_model(run_dir, clients[0])
@@ -77,7 +77,7 @@ def membership_attack(run_dir: str | Path, draws: int = 4, seed: int = 0) -> dic
     clip_counts = [0, 0]
     for client_id in clients:
         adapters.load_adapter_state(model.unet, adapters.IDENTITY, store.load_identity(client_id))
-        members, non_members = _client_clips(model, cfg, store, client_id)
+        members, non_members = _client_clips(model, cfg, *slots[client_id])
         clip_counts[0] += len(members)
         clip_counts[1] += len(non_members)
         for side, clips in enumerate((members, non_members)):
