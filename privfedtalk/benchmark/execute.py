@@ -219,6 +219,46 @@ def ensure_evaluated(run: Run, spec: EvalSpec, cache: ClipCache) -> None:
         run.status = "re-evaluated"
 
 
+# --------------------------------------------------------------------------------- canary audits
+
+
+def saved_audit(run: Run) -> dict | None:
+    """The audit run's audit.json if its folder finished this very config with this many canaries."""
+    run_dir = Path(run.cfg.out_dir)
+    audit_file = run_dir / "audit.json"
+    if not audit_file.is_file() or trained_rounds(run) is None:
+        return None
+    saved = json.loads(audit_file.read_text())
+    complete = trained_rounds(run) >= run.cfg.federated.rounds
+    return saved if complete and saved.get("canaries_inserted") == run.canaries else None
+
+
+def ensure_audited(run: Run, fresh: bool) -> None:
+    """Train the row's config with run.canaries canary clients and estimate ε empirically (audit.json);
+    a finished audit of the same config is reused. Not resumable: the canaries' releases are
+    recorded in memory, so an interrupted audit starts again."""
+    from privfedtalk.federated.canaries import audit_run
+
+    saved = None if fresh else saved_audit(run)
+    if saved is not None:
+        run.audit, run.status = saved, "reused"
+        return
+    shutil.rmtree(run.cfg.out_dir, ignore_errors=True)
+    log.info("%s: auditing with %d canary clients", run.key, run.canaries)
+    t0 = time.perf_counter()
+    run.audit = audit_run(run.cfg, run.canaries)
+    run.train_s = time.perf_counter() - t0
+    run.status = "trained"
+
+
+def is_done(run: Run, spec: EvalSpec) -> bool:
+    """A finished run with its evaluation, or a finished audit: nothing to do."""
+    if run.canaries:
+        return saved_audit(run) is not None
+    done = trained_rounds(run) or 0
+    return done >= run.cfg.federated.rounds and saved_eval(run, spec) is not None
+
+
 # ------------------------------------------------------------------------------- worker processes
 
 
@@ -228,9 +268,12 @@ def run_worker(plan: Path) -> dict:
 
     setup_logging()
     job = json.loads(plan.read_text())
-    run = Run(job["key"], load_config(job["config"], job["overrides"]))
-    ensure_trained(run, job["fresh"])
-    ensure_evaluated(run, EvalSpec(**job["eval"]), ClipCache())
+    run = Run(job["key"], load_config(job["config"], job["overrides"]), canaries=job.get("canaries", 0))
+    if run.canaries:
+        ensure_audited(run, job["fresh"])
+    else:
+        ensure_trained(run, job["fresh"])
+        ensure_evaluated(run, EvalSpec(**job["eval"]), ClipCache())
     result = {"status": run.status, "train_s": run.train_s, "eval_s": run.eval_s}
     atomic_write_text(json.dumps(result), plan.with_suffix(".result.json"))
     return result
@@ -247,9 +290,8 @@ def run_in_parallel(runs: list[Run], jobs: int, fresh: bool, spec: EvalSpec, run
     plans = runs_dir / ".jobs"
     plans.mkdir(parents=True, exist_ok=True)
     pending, active = [], []
-    for run in runs:  # a finished, evaluated run needs no worker process
-        done = trained_rounds(run) or 0
-        if not fresh and done >= run.cfg.federated.rounds and saved_eval(run, spec) is not None:
+    for run in runs:  # a finished, evaluated run (or a finished audit) needs no worker process
+        if not fresh and is_done(run, spec):
             run.status = "reused"
         else:
             pending.append(run)
@@ -287,6 +329,7 @@ def start_worker(run: Run, jobs: int, fresh: bool, spec: EvalSpec, plans: Path) 
         "overrides": [f"threads={threads}"],
         "fresh": fresh,
         "eval": asdict(spec),
+        "canaries": run.canaries,
     }
     plan.write_text(json.dumps(job))
     plan.with_suffix(".result.json").unlink(missing_ok=True)
@@ -329,13 +372,20 @@ def execute(bench: Benchmark, fresh: bool, jobs: int, cache: ClipCache, times: d
     """Train and evaluate the selected runs (reusing finished ones); read each run's metrics."""
     t0 = time.perf_counter()
     if jobs > 1:
-        run_in_parallel(bench.runs, jobs, fresh, bench.spec, bench.runs_dir)
+        run_in_parallel(bench.runs + bench.audits, jobs, fresh, bench.spec, bench.runs_dir)
     for run in bench.runs:
         if jobs == 1:
             ensure_trained(run, fresh)
         ensure_evaluated(run, bench.spec, cache)  # with jobs > 1: reads the worker's eval.json
         run.records = RunFolder(run.cfg.out_dir).records()
+    for run in bench.audits:
+        if jobs == 1:
+            ensure_audited(run, fresh)
+        else:
+            run.audit = saved_audit(run)  # the worker's audit.json
+        run.records = RunFolder(run.cfg.out_dir).records()
     times["train_s"] = sum(r.train_s for r in bench.runs)
     times["eval_s"] = sum(r.eval_s for r in bench.runs)
+    times["audit_s"] = sum(r.train_s for r in bench.audits)
     times["runs_wall_s"] = time.perf_counter() - t0
     times["jobs"] = jobs

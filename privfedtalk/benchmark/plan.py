@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ class Run:
     eval_s: float = 0.0
     eval: dict | None = None
     records: list = field(default_factory=list)
+    canaries: int = 0  # > 0: an audit run (privfedtalk.federated.canaries.audit_run), not evaluated
+    audit: dict | None = None  # its audit.json
 
 
 @dataclass
@@ -38,6 +41,7 @@ class Row:
     note: str = ""
     runs: dict = field(default_factory=dict)  # seed -> Run
     cohort: int | None = None  # cohort rows: clients per round m
+    audit: Run | None = None  # privacy rows: the canary audit of the row's seed-0 config
     curve: str = ""  # cohort rows: the curve it belongs to (privfedtalk | fedavg | local-only | a variant)
 
 
@@ -78,6 +82,7 @@ class Benchmark:
     runs: list[Run]  # the selected rows' runs, each once, in row order
     spec: EvalSpec
     runs_dir: Path  # OUT/PRESET/runs/
+    audits: list[Run] = field(default_factory=list)  # the selected privacy rows' canary audits
 
 
 def _eps(value: float) -> str:
@@ -296,6 +301,33 @@ def plan_runs(rows: list[Row], common: list[str], cli_overrides: list[str], runs
     return runs
 
 
+def audit_config(cfg, canaries: int):
+    """`cfg` with `canaries` canary clients added to its population and clients_per_round scaled by
+    (N + canaries) / N, so that the sampling rate q = m / population, hence the calibrated noise z and
+    the accountant's ε, stay those of the audited row (N: its registered real clients)."""
+    from privfedtalk.federated.clients import register_clients
+
+    population = len(register_clients(cfg))
+    audited = copy.deepcopy(cfg)
+    scaled = cfg.federated.clients_per_round * (population + canaries) / population
+    audited.federated.clients_per_round = max(1, round(scaled))
+    return audited
+
+
+def plan_audits(rows: list[Row], canaries: int, runs_dir: Path) -> list[Run]:
+    """One canary audit per privacy row, of its seed-0 config, under OUT/PRESET/runs/audit/ROW/."""
+    audits = []
+    for row in rows:
+        if row.table != "privacy" or not canaries or not row.runs:
+            continue
+        cfg = audit_config(row.runs[min(row.runs)].cfg, canaries)
+        key = f"audit/{folder_name(row.name)}/seed0"
+        cfg.out_dir = str(runs_dir / key)
+        row.audit = Run(key, cfg, canaries=canaries)
+        audits.append(row.audit)
+    return audits
+
+
 def common_overrides(preset: dict, data: Path, checkpoint: Path) -> list[str]:
     """The backbone, corpus and budget keys every run shares (before the command line's)."""
     generator = json.loads((Path(checkpoint) / "generator.json").read_text())
@@ -334,6 +366,7 @@ def plan_benchmark(
     identities = list(split["private"][: preset["eval_clients"] or None])
     inception = str(args.inception.resolve()) if args.inception else None
     spec = EvalSpec(identities, preset["eval_sample_steps"], inception)
+    audits = plan_audits(selected, int(preset.get("audit_canaries") or 0), runs_dir)
     return Benchmark(
         preset_name,
         preset,
@@ -348,4 +381,5 @@ def plan_benchmark(
         runs,
         spec,
         runs_dir,
+        audits,
     )

@@ -13,6 +13,9 @@ Every preset holds
   eval_sample_steps  DDIM steps at evaluation (None: the checkpoint's model.diffusion.sample_steps);
   target_epsilon     the privfedtalk row's ε (δ = privacy.delta);
   epsilons           the privacy-utility sweep (math.inf: DP off, secure aggregation on);
+  audit_canaries     K > 0: each privacy-utility row's seed-0 config is also run once with K canary
+                     clients (plan.plan_audits; privfedtalk.federated.canaries) for its empirical ε;
+                     0 or absent: no audits;
   qualitative_frames time steps of the held-out clip shown in qualitative.png;
   description        one line for the README.
 
@@ -89,6 +92,9 @@ PRESETS: dict[str, dict] = {
         "eval_sample_steps": 10,
         "target_epsilon": 8.0,
         "epsilons": [math.inf, 32.0, 8.0, 2.0],
+        # 200 canaries next to 8 clients: clients_per_round 4 -> 104 keeps q = 1/2; the 95 % interval of
+        # the DP row's estimate was ~[1.7, 7.5] at this size (docs/threat-model.md).
+        "audit_canaries": 200,
         "qualitative_frames": 4,
     },
     # A laptop with one CUDA GPU (~8 GB): 128x128, 20 private clients, 30 rounds. The VAE downsamples

@@ -453,13 +453,80 @@ def reading(table: dict) -> list[str]:
     return lines
 
 
+def audit_summary(row: Row) -> dict | None:
+    """A privacy row's canary audit (audit.json of its seed-0 config with canaries), or None; with the
+    server's accountant ε of the row's own first run next to it."""
+    if row.audit is None or row.audit.audit is None:
+        return None
+    audit = row.audit.audit
+    records = row.runs[min(row.runs)].records
+    return {
+        "run": row.audit.key,
+        "canaries": audit["canaries_inserted"],
+        "participations": audit["canary_participations"],
+        "clients_per_round": int(row.audit.cfg.federated.clients_per_round),
+        "accountant": audit["accountant"],
+        "row_epsilon_server_worst": records[-1].get("epsilon_server_worst") if records else None,
+        "final_model": audit["empirical"]["final_model"],
+        "all_iterates": audit["empirical"]["all_iterates"],
+        "confidence": audit["empirical"]["confidence"],
+    }
+
+
+def interval_text(result: dict | None) -> str:
+    """'6.12 [1.69, 7.46]' for an empirical ε with its interval; '—' if absent."""
+    if not result:
+        return "—"
+    return f"{result['epsilon']:.2f} [{result['low']:.2f}, {result['high']:.2f}]"
+
+
+def audit_cells(summary: dict) -> list[str]:
+    audit = summary.get("audit")
+    if audit is None:
+        return ["—", "—", "—"]
+    return [
+        fmt(audit["row_epsilon_server_worst"], 2, "epsilon"),
+        interval_text(audit["final_model"]),
+        interval_text(audit["all_iterates"]),
+    ]
+
+
+AUDIT_HEAD = ["ε server worst (accountant)", "ε empirical, final model [95% CI]", "ε empirical, all iterates"]
+
+
+def audit_findings(table: dict) -> list[str]:
+    """One line per audited privacy row: accountant ε next to the canary audit's estimates."""
+    audited = [s for s in table.get("privacy", []) if s.get("audit")]
+    if not audited:
+        return []
+    first = audited[0]["audit"]
+    lines = [
+        f"Privacy audit (one-shot canary audit, Andrew et al. 2024): each privacy row's seed-0 config "
+        f"re-run with {first['canaries']} canary clients added to the population and clients per round "
+        f"scaled to keep the sampling rate (so the same noise z and accountant ε); empirical ε at the "
+        f"row's δ with a {first['confidence']:.0%} bootstrap interval. The audit is a lower-bound "
+        "estimate: it must not exceed the accountant's ε beyond its interval, and must be large where "
+        "there is no noise."
+    ]
+    for s in audited:
+        a = s["audit"]
+        accountant = {k: fmt(v, 2, "epsilon") for k, v in a["accountant"].items()}
+        lines.append(
+            f"{s['label']}: accountant ε observer {accountant.get('epsilon_observer', '—')}, "
+            f"server worst {accountant.get('epsilon_server_worst', '—')}; empirical "
+            f"final model {interval_text(a['final_model'])}, all iterates {interval_text(a['all_iterates'])}"
+            f" ({a['participations']} canary participations)."
+        )
+    return lines
+
+
 # ------------------------------------------------------------------------------------- the tables
 
 
 def markdown_table(summaries: list[dict], extra_privacy: bool = False) -> str:
     head = ["row", "seeds"]
     if extra_privacy:
-        head += ["target ε", "measured ε", "noise z"]
+        head += ["target ε", "measured ε", "noise z"] + AUDIT_HEAD
     head += [label for key, label, *_ in COLUMNS if not (extra_privacy and key == "epsilon")]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in summaries:
@@ -470,6 +537,7 @@ def markdown_table(summaries: list[dict], extra_privacy: bool = False) -> str:
                 fmt(s.get("target_epsilon"), 0, "epsilon"),
                 fmt(s["mean"]["epsilon"], 2, "epsilon"),
                 "—" if z is None else f"{z:.3f}",
+                *audit_cells(s),
             ]
         cells += [cell(s, k, d) for k, _, _, d in COLUMNS if not (extra_privacy and k == "epsilon")]
         lines.append("| " + " | ".join(cells) + " |")
@@ -913,7 +981,7 @@ def run_costs(runs: list[Run]) -> dict:
             "eval_s": run.eval_s,
             # What the run cost when it ran (also for reused runs): its rounds, its last evaluation.
             "rounds_s": float(sum(r.get("round_seconds", 0.0) for r in run.records)),
-            "last_eval_s": float(run.eval.get("seconds", 0.0)),
+            "last_eval_s": float(run.eval.get("seconds", 0.0)) if run.eval else 0.0,
         }
         for run in runs
     }
@@ -924,6 +992,8 @@ def build_table(bench: Benchmark, args) -> dict:
     table = describe(bench, args)
     for name in TABLES:
         table[name] = [summarize(r) for r in bench.selected if r.table == name]
+    for row, summary in zip([r for r in bench.selected if r.table == "privacy"], table["privacy"]):
+        summary["audit"] = audit_summary(row)
     cohort = [summarize_cohort(r) for r in bench.selected if r.table == "cohort"]
     if cohort:
         table["cohort"], table["cohort_goal"] = cohort, goal_ratios(cohort)
@@ -931,10 +1001,10 @@ def build_table(bench: Benchmark, args) -> dict:
     privacy_rows = [r for r in bench.selected if r.table == "privacy"]
     if privacy_rows:
         table["clip_norm"] = float(privacy_rows[0].runs[0].cfg.privacy.clip_norm)
-    table["reading"] = reading(table)
-    families = {run.eval.get("metric_family") for run in bench.runs}
+    table["reading"] = reading(table) + audit_findings(table)
+    families = {run.eval.get("metric_family") for run in bench.runs}  # audits are not evaluated
     table["metric_family"] = "; ".join(sorted(f for f in families if f))
-    table["runs"] = run_costs(bench.runs)
+    table["runs"] = run_costs(bench.runs + bench.audits)
     table["machine"] = machine()
     return table
 
@@ -977,7 +1047,9 @@ def write_report(out_dir: Path, bench: Benchmark, args, cache, times: dict, star
     times["total_s"] = time.perf_counter() - started
     table["timings"] = times
     table["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    table["invocations"] = record_invocation(out_dir / "invocations.jsonl", table, args, bench.runs)
+    table["invocations"] = record_invocation(
+        out_dir / "invocations.jsonl", table, args, bench.runs + bench.audits
+    )
     (out_dir / "README.md").write_text(readme(table, args, bench.selected))
     (out_dir / "table.json").write_text(json.dumps(table, indent=1, default=float))
     return table

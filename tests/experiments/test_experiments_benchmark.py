@@ -182,3 +182,37 @@ def test_inception_file_adds_true_fid_and_re_evaluates(bench, inception_file):
         value = row["mean"]["fid"]
         assert isinstance(value, float) and math.isfinite(value) and value >= 0
     assert "| n/a |" not in (out / "tiny" / "table.md").read_text().split("## Main table")[1]
+
+
+def test_privacy_rows_get_their_canary_audit(bench, monkeypatch):
+    """With audit_canaries, each privacy row's seed-0 config is re-run with canary clients (sampling rate
+    kept), and the privacy table shows the empirical ε next to the accountant's: large without noise."""
+    module, out, _ = bench
+    from privfedtalk.benchmark.presets import PRESETS
+
+    monkeypatch.setitem(PRESETS, "tiny", {**PRESETS["tiny"], "audit_canaries": 32})
+    args = ["--preset", "tiny", "--seeds", "1", "--only", "eps-inf", "eps-8", "threads=1", "--out", str(out)]
+    table = module.main(args)
+    audits = {s["row"]: s["audit"] for s in table["privacy"]}
+    assert set(audits) == {"eps-inf", "eps-8"}
+    for audit in audits.values():
+        assert audit["canaries"] == 32 and audit["participations"] > 0
+        assert audit["clients_per_round"] == 2 * (2 + 32) // 2  # q = m / N kept: 2/2 -> 34/34
+    rows = {s["row"]: s for s in table["privacy"]}
+    # Same z as the row itself, so the accountant gives the audit run the row's ε.
+    row_epsilon = rows["eps-8"]["mean"]["epsilon"]
+    assert audits["eps-8"]["accountant"]["epsilon_observer"] == pytest.approx(row_epsilon)
+    assert audits["eps-inf"]["accountant"]["epsilon_observer"] is None  # DP off: no accountant bound
+    no_noise, noised = audits["eps-inf"]["final_model"]["epsilon"], audits["eps-8"]["final_model"]["epsilon"]
+    assert no_noise > 20 and no_noise > noised
+    assert (out / "tiny" / "runs" / "audit" / "eps-8" / "seed0" / "audit.json").is_file()
+    markdown = (out / "tiny" / "table.md").read_text()
+    assert "ε empirical, final model [95% CI]" in markdown
+    assert "Privacy audit" in (out / "tiny" / "README.md").read_text()
+    assert table["runs"]["audit/eps-8/seed0"]["status"] == "trained"
+    again = module.main(args)
+    assert {key: run["status"] for key, run in again["runs"].items() if key.startswith("audit/")} == {
+        "audit/eps-inf/seed0": "reused",
+        "audit/eps-8/seed0": "reused",
+    }
+    assert again["privacy"][1]["audit"] == table["privacy"][1]["audit"]
