@@ -182,3 +182,10 @@ def test_local_only_above_fedavg_is_flagged_and_below_is_not():
     (flag,) = flags(table_of(fedavg, row("local-only", {"sync_corr": WIN})))
     assert flag.startswith("Flag: FedAvg does not beat local-only on sync corr") and "worse, Holm p" in flag
     assert flags(table_of(fedavg, row("local-only", {"sync_corr": [0.10, 0.12, 0.11]}))) == []
+    # Equal means that differ only by float rounding (18.1 summed in another order) are no flag.
+    tie = table_of(
+        row("fedavg", {"mouth_psnr": [18.1, 18.0, 18.2]}),
+        row("local-only", {"mouth_psnr": [18.0, 18.2, 18.1]}),
+    )
+    assert tie["main"][1]["mean"]["mouth_psnr"] != tie["main"][0]["mean"]["mouth_psnr"]
+    assert flags(tie) == []
