@@ -543,6 +543,8 @@ def privacy_findings(table: dict, main: dict, verdicts: dict) -> list[str]:
         )
     tallies = {str(r["target_epsilon"]): against(r, ref, "ε=∞", verdicts)[1] for r in privacy if r is not ref}
     moved = ", ".join(eps for eps, t in tallies.items() if t[BETTER] + t[WORSE])
+    if not tallies:
+        return lines
     if not any(t[NOT_JUDGED] < sum(t.values()) for t in tallies.values()):
         lines.append(f"Against the ε=∞ point: not judged (fewer than {MIN_SEEDS} seeds on a side).")
     elif moved:
@@ -552,7 +554,7 @@ def privacy_findings(table: dict, main: dict, verdicts: dict) -> list[str]:
     return lines
 
 
-def test_statement(verdicts: dict) -> str:
+def rule_statement(verdicts: dict) -> str:
     """Which test, α, how many comparisons, the correction, and what ± means."""
     entries = list(verdicts.values())
     tested = sum(e["verdict"] != NOT_JUDGED for e in entries)
@@ -584,7 +586,7 @@ def reading(table: dict) -> list[str]:
         + privacy_findings(table, main, verdicts)
     )
     if lines:
-        lines.append(test_statement(verdicts))
+        lines.append(rule_statement(verdicts))
     return lines
 
 
