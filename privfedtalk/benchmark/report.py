@@ -1,5 +1,6 @@
-"""The benchmark's numbers and what they say: per-row summaries, the comparison against the seed spread,
-plain-language findings, and every output file (table.{md,csv,tex,json}, figures, samples, README.md)."""
+"""The benchmark's numbers and what they say: per-row summaries, tested comparisons (stats.py: Welch's
+t-test, Holm–Bonferroni), plain-language findings, and every output file (table.{md,csv,tex,json},
+figures, samples, README.md)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,25 @@ import io
 import json
 import math
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from privfedtalk.benchmark.plan import COHORT_CURVES, Benchmark, Row, Run, folder_name
+from privfedtalk.benchmark.stats import (
+    ALPHA,
+    BETTER,
+    CORRECTION_NAME,
+    MIN_SEEDS,
+    NO_DIFFERENCE,
+    NOT_JUDGED,
+    TEST_NAME,
+    WORSE,
+    decide,
+    holm_adjust,
+    welch_test,
+)
 from privfedtalk.benchmark.systems import machine
 from privfedtalk.federated.store import atomic_write_text, read_jsonl
 
@@ -42,6 +57,8 @@ TABLES = {
     "privacy": "Privacy-utility (privfedtalk, seed 0)",
 }
 KEY_METRICS = ("psnr", "mouth_psnr", "sync_corr", "id_sim")
+# Where centralized must not fall below FedAvg, nor FedAvg below local-only, for the table to make sense.
+BOUND_METRICS = ("sync_corr", "mouth_psnr")
 
 
 # ------------------------------------------------------------------------------------ the numbers
@@ -114,57 +131,118 @@ def cell(summary: dict, key: str, decimals: int) -> str:
     return text
 
 
-def judge(method: dict, base: dict, base_name: str, metric: tuple) -> dict | None:
-    """privfedtalk against one baseline on one metric; None where either mean is missing."""
-    key, label, direction, decimals = metric
-    a, b = method["mean"][key], base["mean"][key]
+def seed_values(summary: dict, key: str) -> list[float]:
+    """The row's finite per-seed values of one metric: the sample its mean, ± and test come from."""
+    values = (v.get(key) for v in summary.get("per_seed", {}).values())
+    return [float(v) for v in values if v is not None and math.isfinite(v)]
+
+
+def comparison_entry(row: dict, ref: dict, metric: tuple) -> dict | None:
+    """Row against reference on one metric, before the family's correction: the numbers a reader needs
+    to check the verdict and the raw Welch test; None where either mean is missing."""
+    key, label, direction, _ = metric
+    a, b = row["mean"][key], ref["mean"][key]
     if a is None or b is None:
         return None
-    gain = direction * (a - b)
-    sa, sb = method["std"][key], base["std"][key]
-    entry = {"baseline": base_name, "metric": key, "label": label, "gain": gain}
-    if sa is None or sb is None:
-        entry["verdict"] = "not judged"
-        entry["text"] = (
-            f"{label}: privfedtalk {fmt(a, decimals)} vs {base_name} {fmt(b, decimals)}; "
-            f"does not beat {base_name} beyond seed spread (fewer than 2 seeds: no spread measured)"
-        )
-        return entry
-    spread = sa + sb
-    entry["spread"] = spread
-    numbers = (
-        f"privfedtalk {a:.{decimals}f} ± {sa:.{decimals}f} vs {base_name} "
-        f"{b:.{decimals}f} ± {sb:.{decimals}f}"
+    values, reference = seed_values(row, key), seed_values(ref, key)
+    test = welch_test(values, reference)
+    return {
+        "row": row["row"],
+        "baseline": ref["row"],
+        "metric": key,
+        "label": label,
+        "better_when": "higher" if direction > 0 else "lower",
+        "mean_row": a,
+        "mean_baseline": b,
+        "std_row": row["std"][key],
+        "std_baseline": ref["std"][key],
+        "n_row": len(values),
+        "n_baseline": len(reference),
+        "gain": direction * (a - b),  # positive: row better than the reference
+        "t": None if test is None else test[0],
+        "p": None if test is None else test[1],
+    }
+
+
+def entry_numbers(entry: dict) -> str:
+    """'row a ± sa (n=…) vs reference b ± sb (n=…)', in the metric's decimals."""
+    decimals = {key: d for key, _, _, d in QUALITY}[entry["metric"]]
+
+    def side(name: str, mean: float, std: float | None, n: int) -> str:
+        spread = "" if std is None else f" ± {std:.{decimals}f}"
+        return f"{name} {mean:.{decimals}f}{spread} (n={n})"
+
+    return (
+        side(entry["row"], entry["mean_row"], entry["std_row"], entry["n_row"])
+        + " vs "
+        + side(entry["baseline"], entry["mean_baseline"], entry["std_baseline"], entry["n_baseline"])
     )
-    if gain > spread:
-        entry["verdict"] = "beats"
-        entry["text"] = f"{label}: beats {base_name} beyond seed spread ({numbers})"
-    elif -gain > spread:
-        entry["verdict"] = "worse"
-        entry["text"] = f"{label}: worse than {base_name} beyond seed spread ({numbers})"
-    else:
-        entry["verdict"] = "does not beat"
-        how = "better, but within the spread" if gain > 0 else "not better"
-        entry["text"] = f"{label}: does not beat {base_name} beyond seed spread ({how}; {numbers})"
-    return entry
+
+
+def entry_text(entry: dict) -> str:
+    """'label: verdict reference (the numbers; t, p, Holm p)'."""
+    if entry["verdict"] == NOT_JUDGED:
+        return (
+            f"{entry['label']}: not judged, fewer than {MIN_SEEDS} seeds on a side ({entry_numbers(entry)})"
+        )
+    word = {BETTER: "better than", WORSE: "worse than", NO_DIFFERENCE: "no difference shown against"}
+    return (
+        f"{entry['label']}: {word[entry['verdict']]} {entry['baseline']} ({entry_numbers(entry)}; "
+        f"t = {entry['t']:.2f}, p = {entry['p']:.3g}, Holm p = {entry['p_holm']:.3g})"
+    )
+
+
+def judge_family(entries: list[dict]) -> list[dict]:
+    """Holm-adjust the tested entries' p-values as one family, then give every entry its verdict and text.
+
+    Entries with a single-seed side are not tested, so they are not part of the family's count.
+    """
+    tested = [e for e in entries if e["p"] is not None]
+    adjusted = holm_adjust([e["p"] for e in tested])
+    for entry, p_holm in zip(tested, adjusted, strict=True):
+        entry["p_holm"] = p_holm
+    for entry in entries:
+        entry.setdefault("p_holm", None)
+        entry["verdict"] = decide(entry["gain"], entry["p_holm"])
+        entry["text"] = entry_text(entry)
+    return entries
+
+
+def stated_pairs(table: dict) -> list[tuple[dict, dict, list]]:
+    """Every (row, reference, metrics) the reading states a verdict on: PrivFedTalk against each
+    baseline on every quality metric; on the key metrics FedAvg against local-only, FedProx and
+    centralized against FedAvg, each ablation against adapters-only, the ε=∞ privacy point against
+    FedAvg and each noise level against the ε=∞ point."""
+    main = {s["row"]: s for s in table["main"]}
+    key_metrics = [m for m in QUALITY if m[0] in KEY_METRICS]
+    pairs = [
+        (main["privfedtalk"], main[base], QUALITY)
+        for base in ("fedavg", "fedprox", "local-only")
+        if "privfedtalk" in main and base in main
+    ]
+    for name, ref in (("fedavg", "local-only"), ("fedprox", "fedavg"), ("centralized", "fedavg")):
+        if name in main and ref in main:
+            pairs.append((main[name], main[ref], key_metrics))
+    ablation = {s["row"]: s for s in table.get("ablation", [])}
+    if "adapters-only" in ablation:
+        base = ablation["adapters-only"]
+        pairs += [(row, base, key_metrics) for name, row in ablation.items() if name != "adapters-only"]
+    privacy = table.get("privacy") or []
+    no_noise = next((r for r in privacy if r["target_epsilon"] is None), None)
+    if no_noise is not None:
+        if "fedavg" in main:
+            pairs.append((no_noise, main["fedavg"], key_metrics))
+        pairs += [(row, no_noise, key_metrics) for row in privacy if row is not no_noise]
+    return pairs
 
 
 def compare(table: dict) -> list[dict]:
-    """privfedtalk against each baseline, metric by metric, against the seed spread.
-
-    "Beats beyond seed spread" = better in the metric's direction by more than std(privfedtalk) +
-    std(baseline) (sample std over seeds): the mean ± std intervals do not overlap.
-    """
-    rows = {s["row"]: s for s in table["main"]}
-    method = rows.get("privfedtalk")
-    out = []
-    for base_name in ("fedavg", "fedprox", "local-only"):
-        base = rows.get(base_name)
-        if method is None or base is None:
-            continue
-        entries = (judge(method, base, base_name, metric) for metric in QUALITY)
-        out += [entry for entry in entries if entry is not None]
-    return out
+    """Every verdict the reading states, one family: Welch's t-test per (row pair, metric) on the
+    per-seed values, Holm–Bonferroni-adjusted over all tested pairs, α = 0.05."""
+    entries = [
+        comparison_entry(row, ref, metric) for row, ref, metrics in stated_pairs(table) for metric in metrics
+    ]
+    return judge_family([e for e in entries if e is not None])
 
 
 # ------------------------------------------------------------------------------- the cohort sweep
@@ -324,60 +402,106 @@ def plot_cohort(path: Path, summaries: list[dict]) -> None:
 # ---------------------------------------------------------------------------- the honest reading
 
 
-def against(row: dict, ref: dict, ref_name: str, fedavg: dict | None) -> tuple[str, int]:
-    """Key-metric differences row - ref, marked where beyond the yardstick; (text, how many beyond).
+def verdict_index(table: dict) -> dict:
+    """{(row, reference, metric): comparison entry}; computes the family when table has none yet."""
+    comparison = table.get("comparison")
+    if comparison is None:
+        comparison = compare(table)
+    return {(c["row"], c["baseline"], c["metric"]): c for c in comparison}
 
-    Yardstick: 2 x FedAvg's sample std over its seeds, also for single-seed rows.
-    """
-    labels = {key: (label, decimals, direction) for key, label, direction, decimals in QUALITY}
-    parts, beyond = [], 0
+
+def verdict_mark(entry: dict) -> str:
+    if entry["verdict"] == NOT_JUDGED:
+        return f"not judged: n = {entry['n_row']} vs {entry['n_baseline']}"
+    return f"{entry['verdict']}, Holm p {entry['p_holm']:.2g}"
+
+
+def against(row: dict, ref: dict, ref_name: str, verdicts: dict) -> tuple[str, Counter]:
+    """Key-metric differences row − ref, each with its tested verdict; (text, verdict counts)."""
+    decimals = {key: d for key, _, _, d in QUALITY}
+    parts, tally = [], Counter()
     for key in KEY_METRICS:
-        a, b = row["mean"][key], ref["mean"][key]
-        if a is None or b is None:
+        entry = verdicts.get((row["row"], ref["row"], key))
+        if entry is None:
             continue
-        label, decimals, direction = labels[key]
-        std = fedavg["std"][key] if fedavg else None
-        delta, noise = a - b, (2 * std if std is not None else None)
-        mark = ""
-        if noise is not None and abs(delta) > noise:
-            beyond += 1
-            mark = " (beyond spread: " + ("better" if direction * delta > 0 else "worse") + ")"
-        parts.append(f"{label} {delta:+.{decimals}f}{mark}")
-    return f"vs {ref_name}: " + ", ".join(parts), beyond
+        tally[entry["verdict"]] += 1
+        delta = entry["mean_row"] - entry["mean_baseline"]
+        parts.append(f"{entry['label']} {delta:+.{decimals[key]}f} ({verdict_mark(entry)})")
+    return f"vs {ref_name}: " + ", ".join(parts), tally
 
 
-def main_findings(table: dict, main: dict, fedavg: dict | None) -> list[str]:
+def tally_text(tally: Counter) -> str:
+    text = f"{tally[BETTER]} better, {tally[WORSE]} worse, {tally[NO_DIFFERENCE]} no difference shown"
+    return text + (f", {tally[NOT_JUDGED]} not judged" if tally[NOT_JUDGED] else "")
+
+
+def outcome(tally: Counter, quiet: str) -> str:
+    """How a row pair came out: not judged, the quiet sentence when nothing differs, else the tally."""
+    if not tally or tally[NOT_JUDGED] == sum(tally.values()):
+        return f"not judged (fewer than {MIN_SEEDS} seeds on a side)"
+    if tally[BETTER] + tally[WORSE] == 0:
+        return quiet
+    return tally_text(tally)
+
+
+def main_findings(table: dict, main: dict, verdicts: dict) -> list[str]:
     """FedAvg vs local-only, FedProx vs FedAvg, the comparison's tally, centralized vs FedAvg."""
     lines = []
+    fedavg = main.get("fedavg")
     if fedavg and "local-only" in main:
-        text, beyond = against(fedavg, main["local-only"], "local-only", fedavg)
-        verdict = (
-            "federating the shared adapter changes nothing measurable"
-            if beyond == 0
-            else (f"federation moves {beyond} of {len(KEY_METRICS)} key metrics beyond the spread")
-        )
-        lines.append(f"FedAvg {text}: {verdict}.")
+        text, tally = against(fedavg, main["local-only"], "local-only", verdicts)
+        quiet = "federating the shared adapter shows no difference on the key metrics"
+        lines.append(f"FedAvg {text}: {outcome(tally, quiet)}.")
     if fedavg and "fedprox" in main:
-        text, beyond = against(main["fedprox"], fedavg, "FedAvg", fedavg)
-        lines.append(f"FedProx {text}" + (": indistinguishable." if beyond == 0 else "."))
-    comparison = table.get("comparison") or []
-    if comparison:
-        verdicts = [c["verdict"] for c in comparison if c["baseline"] != "local-only"]
+        text, tally = against(main["fedprox"], fedavg, "FedAvg", verdicts)
+        lines.append(f"FedProx {text}: {outcome(tally, 'indistinguishable (no difference shown)')}.")
+    pairs = [
+        c for c in verdicts.values() if c["row"] == "privfedtalk" and c["baseline"] in ("fedavg", "fedprox")
+    ]
+    if pairs:
+        tally = Counter(c["verdict"] for c in pairs)
         lines.append(
-            f"PrivFedTalk vs FedAvg/FedProx, {len(verdicts)} (metric, baseline) pairs: "
-            f"{verdicts.count('beats')} better beyond seed spread, {verdicts.count('worse')} worse beyond "
-            f"seed spread, {verdicts.count('does not beat')} within the spread."
+            f"PrivFedTalk vs FedAvg/FedProx, {len(pairs)} (metric, baseline) pairs: {tally_text(tally)}."
         )
     if fedavg and "centralized" in main:
-        text, beyond = against(main["centralized"], fedavg, "FedAvg", fedavg)
+        central = main["centralized"]
+        text, tally = against(central, fedavg, "FedAvg", verdicts)
+        quiet = "no gap for federation to close shown"
         lines.append(
-            f"Centralized (one client with all private data, seed 0) {text}"
-            + (": no gap for federation to close here." if beyond == 0 else ".")
+            f"Centralized (one client with all private data; {central['n_seeds']} seed(s)) {text}: "
+            f"{outcome(tally, quiet)}."
         )
     return lines
 
 
-def ablation_findings(table: dict, fedavg: dict | None) -> list[str]:
+def below_reference(entry: dict | None) -> bool:
+    """The row's mean is worse than the reference's; float noise between equal means is not."""
+    if entry is None or math.isclose(entry["mean_row"], entry["mean_baseline"], rel_tol=1e-9, abs_tol=1e-12):
+        return False
+    return entry["gain"] < 0
+
+
+def bound_flags(verdicts: dict) -> list[str]:
+    """Where a reference row is on the wrong side of FedAvg: centralized (meant as the upper bound)
+    below it, or local-only (no federation) above it, on sync corr and mouth PSNR seed means."""
+    lines = []
+    for key in BOUND_METRICS:
+        below = verdicts.get(("centralized", "fedavg", key))
+        if below_reference(below):
+            lines.append(
+                f"Flag: centralized is not an upper bound here on {below['label']}, its mean is below "
+                f"FedAvg's ({entry_numbers(below)}; {verdict_mark(below)})."
+            )
+        federation = verdicts.get(("fedavg", "local-only", key))
+        if below_reference(federation):
+            lines.append(
+                f"Flag: FedAvg does not beat local-only on {federation['label']}, local-only's mean is "
+                f"higher ({entry_numbers(federation)}; {verdict_mark(federation)})."
+            )
+    return lines
+
+
+def ablation_findings(table: dict, verdicts: dict) -> list[str]:
     ablation = {s["row"]: s for s in table.get("ablation", [])}
     if "adapters-only" not in ablation:
         return []
@@ -385,12 +509,12 @@ def ablation_findings(table: dict, fedavg: dict | None) -> list[str]:
     for name, row in ablation.items():
         if name == "adapters-only":
             continue
-        text, beyond = against(row, ablation["adapters-only"], "adapters-only", fedavg)
-        lines.append(f"Ablation {row['label']} {text}" + (": within the spread." if beyond == 0 else "."))
+        text, tally = against(row, ablation["adapters-only"], "adapters-only", verdicts)
+        lines.append(f"Ablation {row['label']} {text}: {outcome(tally, 'no difference shown')}.")
     return lines
 
 
-def privacy_findings(table: dict, fedavg: dict | None) -> list[str]:
+def privacy_findings(table: dict, main: dict, verdicts: dict) -> list[str]:
     """The sweep's points; the ε=∞ point against FedAvg (clipping) and each noise level against it."""
     privacy = table.get("privacy") or []
     if not privacy:
@@ -403,53 +527,66 @@ def privacy_findings(table: dict, fedavg: dict | None) -> list[str]:
             f"target {row['target_epsilon'] or '∞'} -> ε {eps_text}: PSNR "
             f"{fmt(row['mean']['psnr'], 2)}, sync {fmt(row['mean']['sync_corr'], 3)}"
         )
-    lines = ["Privacy-utility (measured ε, seed 0): " + "; ".join(points) + "."]
+    lines = ["Privacy-utility (measured ε): " + "; ".join(points) + "."]
     ref = next((r for r in privacy if r["target_epsilon"] is None), None)
-    if ref is not None and fedavg is not None:
-        text, beyond = against(ref, fedavg, "FedAvg", fedavg)
+    if ref is None:
+        return lines
+    if "fedavg" in main:
+        text, tally = against(ref, main["fedavg"], "FedAvg", verdicts)
+        if tally[WORSE]:
+            result = "what DP costs here is already lost to clipping, before any noise"
+        else:
+            result = outcome(tally, "no cost of clipping and secure aggregation shown")
         lines.append(
             f"The ε=∞ point (PrivFedTalk's pipeline with clipping at C={table.get('clip_norm')} and "
-            f"secure aggregation, no noise) {text}"
-            + (
-                ": what DP costs here is already lost to clipping, before any noise."
-                if beyond
-                else ": clipping and secure aggregation cost nothing measurable."
-            )
+            f"secure aggregation, no noise) {text}: {result}."
         )
-    if ref is not None:
-        worst = [r for r in privacy if r is not ref and against(r, ref, "ε=∞", fedavg)[1] > 0]
-        moved = ", ".join(str(r["target_epsilon"]) for r in worst)
-        lines.append(
-            "Against the ε=∞ point, "
-            + (
-                "no noise level moves a key metric beyond the spread."
-                if not worst
-                else f"key metrics move beyond the spread at target ε {moved}."
-            )
-        )
+    tallies = {str(r["target_epsilon"]): against(r, ref, "ε=∞", verdicts)[1] for r in privacy if r is not ref}
+    moved = ", ".join(eps for eps, t in tallies.items() if t[BETTER] + t[WORSE])
+    if not tallies:
+        return lines
+    if not any(t[NOT_JUDGED] < sum(t.values()) for t in tallies.values()):
+        lines.append(f"Against the ε=∞ point: not judged (fewer than {MIN_SEEDS} seeds on a side).")
+    elif moved:
+        lines.append(f"Against the ε=∞ point, key metrics differ at target ε {moved}.")
+    else:
+        lines.append("Against the ε=∞ point, no noise level shows a difference on a key metric.")
     return lines
 
 
-def reading(table: dict) -> list[str]:
-    """Plain-language findings beside the per-metric comparison, derived from the numbers.
+def rule_statement(verdicts: dict) -> str:
+    """Which test, α, how many comparisons, the correction, and what ± means."""
+    entries = list(verdicts.values())
+    tested = sum(e["verdict"] != NOT_JUDGED for e in entries)
+    untested = len(entries) - tested
+    correction = (
+        f"{CORRECTION_NAME} correction over those {tested} tests"
+        if tested
+        else "no correction (no comparison could be tested)"
+    )
+    return (
+        f"Verdicts: {TEST_NAME}, α = {ALPHA}; this reading states {len(entries)} (row pair, metric) "
+        f"comparisons, {tested} tested and {untested} not judged (a row with fewer than {MIN_SEEDS} seeds "
+        f"has no spread to test); {correction}. 'better'/'worse': adjusted p ≤ {ALPHA} in the metric's "
+        "direction; 'no difference shown': not significant after correction, which is not evidence of "
+        "equality. ± is the sample std (ddof=1) over the row's seeds. All numbers come from one synthetic "
+        "corpus."
+    )
 
-    Single-seed rows (centralized, ablations, privacy-utility) have no spread of their own; their
-    differences are measured against FedAvg's seed spread (2 x its sample std), the yardstick used
-    in every sentence below.
-    """
+
+def reading(table: dict) -> list[str]:
+    """Plain-language findings beside the per-metric comparison, each verdict from the one tested family
+    (table["comparison"]), the bound flags, and the statement of the test and its correction."""
     main = {s["row"]: s for s in table["main"]}
-    fedavg = main.get("fedavg")
+    verdicts = verdict_index(table)
     lines = (
-        main_findings(table, main, fedavg)
-        + ablation_findings(table, fedavg)
-        + privacy_findings(table, fedavg)
+        main_findings(table, main, verdicts)
+        + bound_flags(verdicts)
+        + ablation_findings(table, verdicts)
+        + privacy_findings(table, main, verdicts)
     )
     if lines:
-        seeds = fedavg["n_seeds"] if fedavg else 0
-        lines.append(
-            f"Yardstick (also for single-seed rows): 2 x FedAvg's sample std over its {seeds} seeds. "
-            "All numbers come from one synthetic corpus; a difference inside the yardstick is noise."
-        )
+        lines.append(rule_statement(verdicts))
     return lines
 
 
@@ -881,7 +1018,9 @@ HOW_TO_READ = [
     "round s: median wall time of a round (all sampled clients trained in turn in one process). "
     "peak MiB: peak resident memory of the benchmark process during the run (GPU: peak allocated), "
     "reset before each run. ε: measured (ε, δ) client-level DP after the last round (∞: no DP).",
-    "- All rows are small-scale synthetic-data runs: differences smaller than the seed spread are noise.",
+    "- All rows are small-scale synthetic-data runs. Verdicts (better / worse / no difference shown / not "
+    f"judged) come from {TEST_NAME} with {CORRECTION_NAME} correction, α = {ALPHA}; a row with fewer than "
+    f"{MIN_SEEDS} seeds is not judged.",
     "",
 ]
 
@@ -900,17 +1039,16 @@ def readme_reading(table: dict) -> list[str]:
     lines = ["## Honest reading", ""]
     lines += [f"- {text}" for text in table.get("reading", [])]
     lines += ["", "Per metric, PrivFedTalk against each baseline:", ""]
-    comparison = table["comparison"]
-    if not comparison:
+    entries = [c for c in table["comparison"] if c["row"] == "privfedtalk"]
+    if not entries:
         return lines + ["No comparison: the privfedtalk row or the fedavg/fedprox rows were not selected."]
-    federated = [c for c in comparison if c["baseline"] != "local-only"]
-    beats = [c for c in federated if c["verdict"] == "beats"]
+    federated = Counter(c["verdict"] for c in entries if c["baseline"] != "local-only")
     lines.append(
-        f"privfedtalk beats a federated baseline beyond seed spread on {len(beats)} of "
-        f"{len(federated)} (metric, baseline) pairs. "
-        "Criterion: better in the metric's direction by more than std(privfedtalk) + std(baseline).\n"
+        f"privfedtalk against FedAvg/FedProx over {sum(federated.values())} (metric, baseline) pairs: "
+        f"{tally_text(federated)}. Criterion: {TEST_NAME}, α = {ALPHA}, {CORRECTION_NAME}-adjusted over "
+        "every comparison the reading states (its last line gives the count).\n"
     )
-    return lines + [f"- {c['text']}" for c in comparison]
+    return lines + [f"- {c['text']}" for c in entries]
 
 
 def readme(table: dict, args, rows: list[Row]) -> str:

@@ -77,7 +77,7 @@ def test_tiny_benchmark_writes_every_output_with_finite_numbers(bench):
     assert 0 < rows["privfedtalk"]["mean"]["epsilon"] <= 8.0 + 1e-6
     markdown = (folder / "table.md").read_text()
     assert "FD (identity-encoder features; not FID)" in markdown and "| n/a |" in markdown
-    assert "beyond seed spread" in (folder / "README.md").read_text()
+    assert "Welch's two-sided t-test" in (folder / "README.md").read_text()
     for run in ("fedavg/seed0", "privfedtalk/seed0"):
         assert (folder / "runs" / run / "eval.json").is_file()
 
@@ -130,16 +130,32 @@ def test_parallel_jobs_reproduce_the_serial_numbers(bench):
 
 
 def _summary(row, mean, std=None, table="main", seeds=3, target=None):
+    """A summarize()-shaped row whose per-seed values have exactly the given mean and sample std."""
     keys = ("psnr", "ssim", "mouth_psnr", "sync_corr", "id_sim", "jitter", "fd_identity_features")
     full = {k: mean.get(k, 0.5) for k in keys} | {"epsilon": mean.get("epsilon"), "fid": None}
     spread = {k: (std or {}).get(k, 0.01) if seeds > 1 else None for k in full}
-    out = {"row": row, "label": row, "table": table, "n_seeds": seeds, "mean": full, "std": spread}
+    # Offsets with mean 0 and sample std 1, so mean ± std are the summary's numbers.
+    offsets = [i - (seeds - 1) / 2 for i in range(seeds)]
+    scale = math.sqrt(sum(o * o for o in offsets) / (seeds - 1)) if seeds > 1 else 1.0
+    per_seed = {
+        str(i): {k: None if full[k] is None else full[k] + (spread[k] or 0.0) * o / scale for k in full}
+        for i, o in enumerate(offsets)
+    }
+    out = {
+        "row": row,
+        "label": row,
+        "table": table,
+        "n_seeds": seeds,
+        "mean": full,
+        "std": spread,
+        "per_seed": per_seed,
+    }
     if table == "privacy":
         out["target_epsilon"] = target
     return out
 
 
-def test_reading_names_what_moved_beyond_the_spread_and_what_did_not():
+def test_reading_states_tested_verdicts_and_what_was_not_judged():
     table = {
         "main": [
             _summary("local-only", {"psnr": 26.0, "sync_corr": 0.96}),
@@ -153,24 +169,30 @@ def test_reading_names_what_moved_beyond_the_spread_and_what_did_not():
             _summary("+tdc", {"psnr": 26.006}, table="ablation", seeds=1),
         ],
         "privacy": [
-            _summary("eps-inf", {"psnr": 26.0}, table="privacy", seeds=1, target=None),
-            _summary("eps-2", {"psnr": 20.0, "epsilon": 1.9}, table="privacy", seeds=1, target=2.0),
+            _summary("eps-inf", {"psnr": 26.0}, table="privacy", target=None),
+            _summary("eps-2", {"psnr": 20.0, "epsilon": 1.9}, table="privacy", target=2.0),
         ],
         "clip_norm": 0.05,
     }
     table["comparison"] = report.compare(table)
-    verdicts = {(c["baseline"], c["metric"]): c["verdict"] for c in table["comparison"]}
+    verdicts = {
+        (c["baseline"], c["metric"]): c["verdict"] for c in table["comparison"] if c["row"] == "privfedtalk"
+    }
     assert verdicts[("fedavg", "psnr")] == "worse" and verdicts[("fedavg", "sync_corr")] == "worse"
-    assert verdicts[("fedavg", "ssim")] == "does not beat"  # equal means
+    assert verdicts[("fedavg", "ssim")] == "no difference shown"  # equal means
     text = "\n".join(report.reading(table))
-    assert "federating the shared adapter changes nothing measurable" in text
+    assert "federating the shared adapter shows no difference on the key metrics" in text
     assert "FedProx vs FedAvg" in text and "indistinguishable" in text
-    assert "0 better beyond seed spread, 4 worse beyond seed spread" in text
-    assert "PSNR (dB) +1.00 (beyond spread: better)" in text  # centralized: +1 dB > 2 x 0.01
-    assert "Ablation +tdc vs adapters-only: PSNR (dB) +0.01" in text and "within the spread" in text
-    assert "key metrics move beyond the spread at target ε 2.0" in text
+    assert "14 (metric, baseline) pairs: 0 better, 4 worse, 10 no difference shown." in text
+    # Centralized and the ablations have one seed: no spread, so no verdict, whatever the gap.
+    assert "PSNR (dB) +1.00 (not judged: n = 1 vs 3)" in text
+    assert "Ablation +tdc vs adapters-only: PSNR (dB) +0.01 (not judged: n = 1 vs 1)" in text
+    assert "key metrics differ at target ε 2.0" in text
     # The ε=∞ point's sync (0.5) is far below FedAvg's (0.96): the loss is the clipping's, not the noise's.
     assert "clipping at C=0.05" in text and "already lost to clipping, before any noise" in text
+    # 21 PrivFedTalk pairs + 4 key metrics x 5 row pairs (centralized's and the ablation's not judged).
+    assert "states 45 (row pair, metric) comparisons, 37 tested and 8 not judged" in text
+    assert "yardstick" not in text.lower()
 
 
 def test_inception_file_adds_true_fid_and_re_evaluates(bench, inception_file):
