@@ -9,6 +9,9 @@ counts clients x local_steps / wall seconds (swap in/out and update included; si
 the same per client either way). Prints the median over repeats per K and the ratio to K = 1.
 
     .venv/bin/python experiments/bench_client_throughput.py --batches 1 4 8 --clients 8 --repeats 3
+
+`--model small`: the `small` benchmark preset's size instead (64x64 frames, the default VAE and U-Net:
+16x16 latents, rank-4 shared adapter, 10 local steps, clips of 75 frames).
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ DP_SCALE_MODEL = [
     "federated.shared.alpha=1.0",
     "federated.shared.target_modules=[to_q,to_k,to_v,to_out.0]",
 ]
+
+SMALL_MODEL = ["data.size=64", "federated.local_steps=10", "federated.batch_windows=4"]
+MODELS = {"dp-scale": (DP_SCALE_MODEL, 50), "small": (SMALL_MODEL, 75)}
 
 
 class NoSlots:
@@ -87,16 +93,18 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--model", choices=sorted(MODELS), default="dp-scale")
     args = parser.parse_args()
     from privfedtalk.config import load_config
     from privfedtalk.federated.client import LocalTrainer, get_flat
     from privfedtalk.federated.strategy import Instructions
 
     torch.set_num_threads(args.threads)
-    cfg = load_config(None, DP_SCALE_MODEL)
+    overrides, frames = MODELS[args.model]
+    cfg = load_config(None, overrides)
     model = build(cfg)
     trainer = LocalTrainer(cfg, model, None, NoSlots())
-    clients = random_clients(model, args.clients)
+    clients = random_clients(model, args.clients, frames)
     global_shared = 0.01 * torch.randn(get_flat(trainer.shared).numel())
     instructions = Instructions(cfg.federated.local_steps, 0.0, False)
     steps = args.clients * cfg.federated.local_steps
@@ -116,7 +124,12 @@ def main() -> None:
     base = results[args.batches[0]]["steps_per_s"]
     for batch in args.batches:
         results[batch]["ratio"] = results[batch]["steps_per_s"] / base
-    summary = {"threads": args.threads, "clients": args.clients, "local_steps": cfg.federated.local_steps}
+    summary = {
+        "model": args.model,
+        "threads": args.threads,
+        "clients": args.clients,
+        "local_steps": cfg.federated.local_steps,
+    }
     print(json.dumps({**summary, "results": results}, indent=2))
 
 
