@@ -5,7 +5,9 @@ Every preset holds
   pretrain   config overrides of the backbone pretraining (public identities only);
   federated  config overrides shared by EVERY row (budget: rounds, clients_per_round, local_steps,
              batch_windows, lr, server_lr); rows differ only in method keys (see plan.row_definitions);
-  seeds      seeds of the main table (rows local-only, fedavg, fedprox, privfedtalk); --seeds overrides;
+  seeds      federated seeds of every row (main, ablation, privacy-utility); --seeds overrides;
+  backbone_seeds  backbones pretrained under different seeds (default 1); every row runs its seeds on
+             each, so its ± includes the backbone's variance too; --backbone-seeds overrides;
   jobs       runs trained at once, each in its own process (default 1); --jobs overrides;
   run_threads torch threads of every run (default 1), whatever --jobs is: the thread count changes
              floating-point results, so it is part of what a row measures;
@@ -64,8 +66,8 @@ PRESETS: dict[str, dict] = {
     # `make run-benchmark` on a 2-core CPU (target: <= 45 min in all, backbone pretraining included).
     # Corpus like `make demo`'s: 56 identities, 48 public (2 clips x 3 s: the backbone generalizes
     # from many faces) and 8 private clients (4 clips x 3 s: 3 to train, 1 held out). Backbone as
-    # privfedtalk/demo.py FULL. 19 federated runs at 3 seeds (12 main, 1 centralized, 3 ablation,
-    # 3 privacy-utility; adapters-only, full and eps-8 reuse fedavg/privfedtalk seed 0).
+    # privfedtalk/demo.py FULL. 33 federated runs at 3 seeds (12 main, 3 centralized, 9 ablation,
+    # 9 privacy-utility; adapters-only, full and eps-8 reuse fedavg's and privfedtalk's runs).
     # Domain shift: the private speakers' mouths trail their audio by 2 frames, which the public
     # backbone never saw. Without it the backbone already fits the clients and every row ties (all
     # methods within 0.1 dB, docs/results.md): there is nothing for federation to learn. lr 1e-2: at
@@ -84,6 +86,9 @@ PRESETS: dict[str, dict] = {
             "federated.server_lr=1.0",
         ],
         "seeds": 3,
+        # One backbone: a second would double the federated runs and add a pretraining, past the CPU
+        # budget; --backbone-seeds 2 measures the backbone's share of the spread when time allows.
+        "backbone_seeds": 1,
         "jobs": 2,  # two 1-thread runs at a time: more throughput than one 2-thread run on 2 cores
         "eval_clients": 4,
         "eval_sample_steps": 10,
