@@ -79,14 +79,15 @@ def build_backbone(
 ) -> tuple[Path, float]:
     """(checkpoint, seconds spent pretraining it now: 0 when reused from the cache)."""
     checkpoint = pretrain_dir / "checkpoint"
+    name = "backbone" if backbone == 0 else f"backbone {backbone}"  # backbone 0 logs as it always did
     t0 = time.perf_counter()
     if (checkpoint / "identity_encoder.json").is_file():
-        log.info("backbone %d: reused %s", backbone, checkpoint)
+        log.info("%s: reused %s", name, checkpoint)
         return checkpoint, 0.0
     from privfedtalk.pretrain import pretrain
 
     cfg = pretrain_config(pretrain_dir, data, preset, cli_overrides, backbone)
-    log.info("backbone %d: pretraining on the public identities (seed %d)", backbone, cfg.seed)
+    log.info("%s: pretraining on the public identities (seed %d)", name, cfg.seed)
     pretrain(cfg)
     meta["pretrain_s"] = seconds = time.perf_counter() - t0
     return checkpoint, seconds
