@@ -627,7 +627,7 @@ def plot_convergence(path: Path, rows: list[Row]) -> None:
             ax.fill_between(rounds, np.subtract(mean, std), np.add(mean, std), alpha=0.2)
     ax.set_xlabel("round")
     ax.set_ylabel("diffusion loss (mean over sampled clients)")
-    ax.set_title("Convergence (mean ± std over seeds)")
+    ax.set_title("Convergence (mean ± std over each row's runs)")
     ax.legend(fontsize=7)
     save_figure(fig, path)
 
