@@ -5,9 +5,12 @@
     .venv/bin/python experiments/run_benchmark.py --preset small \\
         --checkpoint demo_out/pretrain/checkpoint --data demo_out/data          # reuse the demo's backbone
 
-1. corpus + backbone, cached under OUT/cache/PRESET/ (or --checkpoint DIR --data DIR);
-2. one federated run per row and seed under OUT/PRESET/runs/ROW/seedK; a run whose folder already
-   holds the same config, all its rounds and an eval.json is reused (--fresh reruns the selected rows);
+1. corpus + backbone, cached under OUT/cache/PRESET/ (or --checkpoint DIR --data DIR); with
+   --backbone-seeds K (or the preset's backbone_seeds) K backbones pretrained under K seeds, backbone
+   b >= 1 in OUT/cache/PRESET/pretrain-bB/;
+2. one federated run per row, seed and backbone under OUT/PRESET/runs/ROW/seedS (backbone 0) or
+   ROW/bB-seedS (backbone B >= 1); a run whose folder already holds the same config, all its rounds
+   and an eval.json is reused (--fresh reruns the selected rows);
 3. each run's personalized models (global shared adapter + the client's own identity adapter) on the
    held-out clips of the first `eval_clients` private identities -> eval.json;
 4. systems columns from metrics.jsonl (upload per client-round, median round time, peak memory, ε);
@@ -26,7 +29,7 @@ import time
 from pathlib import Path
 
 from privfedtalk.benchmark.execute import ClipCache, corpus_and_backbone, execute, run_worker, setup_logging
-from privfedtalk.benchmark.plan import plan_benchmark, row_names
+from privfedtalk.benchmark.plan import backbone_count, plan_benchmark, row_names
 from privfedtalk.benchmark.presets import PRESETS
 from privfedtalk.benchmark.report import write_report
 
@@ -39,7 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
     parser.add_argument("--out", type=Path, default=Path("results"), help="results folder (default results/)")
-    parser.add_argument("--seeds", type=int, help="main-table seeds (default: the preset's)")
+    parser.add_argument("--seeds", type=int, help="federated seeds of every row (default: the preset's)")
+    parser.add_argument(
+        "--backbone-seeds",
+        type=int,
+        metavar="K",
+        help="pretrain K backbones under K seeds and run every row's seeds on each, so the ± includes "
+        "the backbone's variance (default: the preset's backbone_seeds, 1)",
+    )
     parser.add_argument("--fresh", action="store_true", help="rerun the selected rows' runs (not the cache)")
     parser.add_argument("--only", nargs="+", metavar="ROW", help="only these rows (names: see --list)")
     parser.add_argument("--list", action="store_true", help="print the row names and exit")
@@ -76,6 +86,8 @@ def parse_args(argv):
         parser.error("--seeds must be >= 1")
     if args.jobs is not None and args.jobs < 1:
         parser.error("--jobs must be >= 1")
+    if args.backbone_seeds is not None and args.backbone_seeds < 1:
+        parser.error("--backbone-seeds must be >= 1")
     return args
 
 
@@ -102,8 +114,8 @@ def main(argv=None) -> dict:
     times = {}
     out_dir = args.out / args.preset
     out_dir.mkdir(parents=True, exist_ok=True)
-    data, checkpoint = corpus_and_backbone(args, preset, times)
-    bench = plan_benchmark(args.preset, preset, data, checkpoint, args, out_dir / "runs")
+    data, checkpoints = corpus_and_backbone(args, preset, times, backbone_count(preset, args))
+    bench = plan_benchmark(args.preset, preset, data, checkpoints, args, out_dir / "runs")
     cache = ClipCache()
     execute(bench, args.fresh, args.jobs or int(preset.get("jobs", 1)), cache, times)
     table = write_report(out_dir, bench, args, cache, times, started)

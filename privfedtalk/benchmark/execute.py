@@ -1,4 +1,4 @@
-"""Running the plan: the cached corpus and backbone, each run trained and evaluated unless its folder
+"""Running the plan: the cached corpus and backbone(s), each run trained and evaluated unless its folder
 already holds the result, serially or `jobs` at a time in worker processes."""
 
 from __future__ import annotations
@@ -33,13 +33,18 @@ def setup_logging() -> None:
 
 def check_cache(cache: Path, preset_name: str, wanted: dict) -> dict:
     """The cache's meta.json ({} if new); refuses a cache built with other corpus/backbone settings."""
-    meta_file = cache / "meta.json"
+    return check_cache_file(cache / "meta.json", preset_name, wanted, cache)
+
+
+def check_cache_file(meta_file: Path, preset_name: str, wanted: dict, cache: Path | None = None) -> dict:
+    """The meta file's content ({} if new); refuses one built with other settings than `wanted`."""
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
     built = {key: meta.get(key) for key in wanted}
     if meta and built != json.loads(json.dumps(wanted)):
+        cache = cache or meta_file.parent
         raise SystemExit(
-            f"{cache} was built with other corpus/backbone settings than preset {preset_name!r} now has; "
-            f"delete {cache} to rebuild it (or pass --checkpoint/--data)"
+            f"{cache} was built with other corpus/backbone settings than preset {preset_name!r} now has "
+            f"({meta_file.name}); delete {cache} to rebuild it (or pass --checkpoint/--data)"
         )
     return meta
 
@@ -57,45 +62,100 @@ def build_corpus(data: Path, preset: dict, meta: dict, times: dict) -> None:
     times["synth_s"] = meta["synth_s"] = time.perf_counter() - t0
 
 
-def build_backbone(pretrain_dir: Path, data: Path, preset: dict, cli_overrides, meta: dict, times: dict):
+def pretrain_config(pretrain_dir: Path, data: Path, preset: dict, cli_overrides, backbone: int):
+    """Backbone `backbone`'s pretraining config: backbone 0 as it always was; backbone b >= 1 the same
+    with the pretraining seed shifted by b (initialisation, VAE, identity encoder and U-Net batches)."""
     from privfedtalk.config import load_config
 
+    overrides = [f"data.root={data}", f"data.size={preset['synth']['size']}"] + preset["pretrain"]
+    cfg = load_config("pretrain.yaml", overrides + [f"out_dir={pretrain_dir}"] + cli_overrides)
+    # Shifted after the command line's keys: a seed= there must not make two backbones identical.
+    cfg.seed = int(cfg.seed) + backbone
+    return cfg
+
+
+def build_backbone(
+    pretrain_dir: Path, data: Path, preset: dict, cli_overrides, meta: dict, backbone: int = 0
+) -> tuple[Path, float]:
+    """(checkpoint, seconds spent pretraining it now: 0 when reused from the cache)."""
     checkpoint = pretrain_dir / "checkpoint"
+    name = "backbone" if backbone == 0 else f"backbone {backbone}"  # backbone 0 logs as it always did
     t0 = time.perf_counter()
     if (checkpoint / "identity_encoder.json").is_file():
-        log.info("backbone: reused %s", checkpoint)
-        times["pretrain_s"] = 0.0
-        return checkpoint
+        log.info("%s: reused %s", name, checkpoint)
+        return checkpoint, 0.0
     from privfedtalk.pretrain import pretrain
 
-    log.info("backbone: pretraining on the public identities")
-    overrides = [f"data.root={data}", f"data.size={preset['synth']['size']}"] + preset["pretrain"]
-    pretrain(load_config("pretrain.yaml", overrides + [f"out_dir={pretrain_dir}"] + cli_overrides))
-    times["pretrain_s"] = meta["pretrain_s"] = time.perf_counter() - t0
-    return checkpoint
+    cfg = pretrain_config(pretrain_dir, data, preset, cli_overrides, backbone)
+    log.info("%s: pretraining on the public identities (seed %d)", name, cfg.seed)
+    pretrain(cfg)
+    meta["pretrain_s"] = seconds = time.perf_counter() - t0
+    return checkpoint, seconds
 
 
-def prepare_backbone(preset_name: str, preset: dict, out: Path, cli_overrides: list[str], times: dict):
-    """Corpus + backbone of the preset, built once under OUT/cache/PRESET/."""
+def extra_backbone(cache: Path, preset_name: str, preset: dict, data: Path, cli_overrides, backbone: int):
+    """Backbone b >= 1: pretrained on the same corpus under another seed, cached in pretrain-b{b}/ with
+    its own meta (pretrain-b{b}.json). (checkpoint, seconds spent pretraining it now, seconds it took)."""
+    pretrain_dir = cache / f"pretrain-b{backbone}"
+    seed = int(pretrain_config(pretrain_dir, data, preset, cli_overrides, backbone).seed)
+    wanted = {
+        "synth": preset["synth"],
+        "pretrain": preset["pretrain"],
+        "pretrain_overrides": cli_overrides,
+        "pretrain_seed": seed,
+    }
+    meta_file = cache / f"pretrain-b{backbone}.json"
+    meta = check_cache_file(meta_file, preset_name, wanted)
+    checkpoint, seconds = build_backbone(pretrain_dir, data, preset, cli_overrides, meta, backbone)
+    meta.update(wanted)
+    meta_file.write_text(json.dumps(meta, indent=1))
+    return checkpoint, seconds, meta.get("pretrain_s")
+
+
+def prepare_backbone(
+    preset_name: str, preset: dict, out: Path, cli_overrides: list[str], times: dict, backbones: int = 1
+) -> tuple[Path, list[Path]]:
+    """Corpus + `backbones` backbones of the preset, built once under OUT/cache/PRESET/: backbone 0 in
+    pretrain/ (meta.json), backbone b >= 1 in pretrain-b{b}/ (pretrain-b{b}.json).
+
+    times: pretrain_s (all backbones, this invocation), pretrain_s_by_backbone (each, this invocation),
+    cached_build_s (what building the cache took: synth_s, pretrain_s, pretrain_s_b1, ...).
+    """
     cache = out / "cache" / preset_name
     data = cache / "data"
     # The command line's overrides (threads=, device=) reach pretraining too and change the backbone.
     wanted = {"synth": preset["synth"], "pretrain": preset["pretrain"], "pretrain_overrides": cli_overrides}
     meta = check_cache(cache, preset_name, wanted)
     build_corpus(data, preset, meta, times)
-    checkpoint = build_backbone(cache / "pretrain", data, preset, cli_overrides, meta, times)
+    checkpoint, seconds = build_backbone(cache / "pretrain", data, preset, cli_overrides, meta)
     meta.update(wanted)
     (cache / "meta.json").write_text(json.dumps(meta, indent=1))
-    times["cached_build_s"] = {k: meta[k] for k in ("synth_s", "pretrain_s") if k in meta}
-    return data, checkpoint
+    built = {k: meta[k] for k in ("synth_s", "pretrain_s") if k in meta}
+    checkpoints, by_backbone = [checkpoint], [seconds]
+    for backbone in range(1, backbones):
+        checkpoint, seconds, took = extra_backbone(cache, preset_name, preset, data, cli_overrides, backbone)
+        checkpoints.append(checkpoint)
+        by_backbone.append(seconds)
+        if took is not None:
+            built[f"pretrain_s_b{backbone}"] = took
+    times["pretrain_s"] = sum(by_backbone)
+    times["pretrain_s_by_backbone"] = by_backbone
+    times["cached_build_s"] = built
+    return data, checkpoints
 
 
-def corpus_and_backbone(args, preset: dict, times: dict) -> tuple[Path, Path]:
-    """(corpus, checkpoint): the ones given with --data/--checkpoint, else the preset's cached ones."""
+def corpus_and_backbone(args, preset: dict, times: dict, backbones: int = 1) -> tuple[Path, list[Path]]:
+    """(corpus, checkpoints): the ones given with --data/--checkpoint (one backbone), else the preset's
+    cached ones (`backbones` of them)."""
     if args.checkpoint is not None:
-        times.update(synth_s=0.0, pretrain_s=0.0)
-        return args.data, args.checkpoint
-    return prepare_backbone(args.preset, preset, args.out, args.overrides, times)
+        if backbones > 1:
+            raise SystemExit(
+                f"{backbones} backbones (--backbone-seeds or the preset's backbone_seeds) are pretrained "
+                "into the preset's cache: drop --checkpoint/--data, or pass --backbone-seeds 1"
+            )
+        times.update(synth_s=0.0, pretrain_s=0.0, pretrain_s_by_backbone=[0.0])
+        return args.data, [args.checkpoint]
+    return prepare_backbone(args.preset, preset, args.out, args.overrides, times, backbones)
 
 
 # -------------------------------------------------------------------------------------- training

@@ -1,5 +1,5 @@
 """What the benchmark runs: its rows (method keys on a shared budget), the federated runs they need
-(rows with identical configs share one), and the evaluation every run gets."""
+(rows with identical configs share one) on each pretrained backbone, and the evaluation every run gets."""
 
 from __future__ import annotations
 
@@ -16,10 +16,11 @@ EVAL_VERSION = 1
 
 @dataclass
 class Run:
-    """One federated training (a row at a seed); several logical rows may share it."""
+    """One federated training (a row at a seed on a backbone); several logical rows may share it."""
 
-    key: str  # "fedavg/seed0": its folder under OUT/PRESET/runs/
+    key: str  # "fedavg/seed0" (backbone 0), "fedavg/b1-seed0" (backbone 1): its folder under OUT/PRESET/runs/
     cfg: object
+    backbone: int = 0  # which pretrained backbone (Benchmark.checkpoints index) it fine-tunes
     status: str = "pending"
     train_s: float = 0.0
     eval_s: float = 0.0
@@ -39,10 +40,26 @@ class Row:
     seeds: list[int]
     target_epsilon: float | None = None
     note: str = ""
-    runs: dict = field(default_factory=dict)  # seed -> Run
+    runs: dict = field(default_factory=dict)  # run_label(backbone, seed) -> Run, backbone 0 first
     cohort: int | None = None  # cohort rows: clients per round m
     audit: Run | None = None  # privacy rows: the canary audit of the row's seed-0 config
     curve: str = ""  # cohort rows: the curve it belongs to (privfedtalk | fedavg | local-only | a variant)
+
+    def first_run(self) -> Run:
+        """The run on backbone 0 at the row's first seed (the one figures and samples show)."""
+        return self.runs[run_label(0, self.seeds[0])]
+
+
+def run_label(backbone: int, seed: int) -> str:
+    """A run's key in Row.runs: "0", "1", ... on backbone 0 (as before backbones could vary), "b1-0",
+    "b1-1", ... on backbone 1."""
+    return str(seed) if backbone == 0 else f"b{backbone}-{seed}"
+
+
+def run_key(row_name: str, backbone: int, seed: int) -> str:
+    """The run's folder under OUT/PRESET/runs/: ROW/seedS on backbone 0, ROW/bB-seedS on backbone B."""
+    prefix = "" if backbone == 0 else f"b{backbone}-"
+    return f"{folder_name(row_name)}/{prefix}seed{seed}"
 
 
 @dataclass
@@ -72,7 +89,8 @@ class Benchmark:
     preset_name: str
     preset: dict
     data: Path
-    checkpoint: Path
+    checkpoint: Path  # backbone 0
+    checkpoints: list[Path]  # every backbone, index = backbone (preset backbone_seeds, --backbone-seeds)
     split: dict
     base: object  # the fedavg config with the shared overrides: the budget every row gets
     budget: dict
@@ -101,11 +119,16 @@ ISFA_TDC = ["federated.method=isfa", "federated.lambda_tdc=0.1"]
 
 
 def main_rows(target: float, seeds: list[int], budget: dict, private_identities: int) -> list[Row]:
-    """The main table: PrivFedTalk against its baselines, on every seed (centralized: seed 0)."""
+    """The main table: PrivFedTalk against its baselines and the centralized bound, on every seed."""
+    # The pooled data of a FedAvg round in one client's batches: m x batch_windows windows per step,
+    # local_steps steps at the same lr (the large-batch equivalent of averaging m clients' local steps).
+    # It used to take m x local_steps steps of batch_windows windows; with lr 1e-2 those 4x longer
+    # trajectories made the row swing from far above FedAvg to below it across re-runs (issue 17).
     centralized = [
         f"federated.partition.identities_per_client={private_identities}",
         "federated.clients_per_round=1",
-        f"federated.local_steps={budget['clients_per_round'] * budget['local_steps']}",
+        f"federated.local_steps={budget['local_steps']}",
+        f"federated.batch_windows={budget['clients_per_round'] * budget['batch_windows']}",
     ]
     return [
         Row(
@@ -136,27 +159,31 @@ def main_rows(target: float, seeds: list[int], budget: dict, private_identities:
             "centralized (non-private upper bound)",
             "fedavg.yaml",
             centralized,
-            [0],
-            note="one client owning every private identity, clients_per_round x local_steps local steps "
-            "per round (same optimizer steps as the others), seed 0 only; upload not applicable",
+            seeds,
+            note="one client owning every private identity; per round local_steps steps of "
+            "clients_per_round x batch_windows windows: the windows a FedAvg round trains on, in one batch "
+            "per step; upload not applicable",
         ),
     ]
 
 
-def ablation_rows(target: float) -> list[Row]:
-    """Each component added alone to adapters-only FedAvg, seed 0."""
+def ablation_rows(target: float, seeds: list[int]) -> list[Row]:
+    """Each component added alone to adapters-only FedAvg, on the main table's seeds (adapters-only and
+    full then share fedavg's and privfedtalk's runs)."""
     private = privacy_overrides(target)
+    isfa, tdc = ["federated.method=isfa"], ["federated.lambda_tdc=0.1"]
     return [
-        Row("adapters-only", "ablation", "adapters only (FedAvg)", "fedavg.yaml", [], [0]),
-        Row("+isfa", "ablation", "+ ISFA", "fedavg.yaml", ["federated.method=isfa"], [0]),
-        Row("+tdc", "ablation", "+ TDC (λ=0.1)", "fedavg.yaml", ["federated.lambda_tdc=0.1"], [0]),
-        Row("+dp", "ablation", f"+ SecAgg + DP (ε={_eps(target)})", "fedavg.yaml", private, [0], target),
-        Row("full", "ablation", "full PrivFedTalk", "privfedtalk.yaml", ISFA_TDC + private, [0], target),
+        Row("adapters-only", "ablation", "adapters only (FedAvg)", "fedavg.yaml", [], seeds),
+        Row("+isfa", "ablation", "+ ISFA", "fedavg.yaml", isfa, seeds),
+        Row("+tdc", "ablation", "+ TDC (λ=0.1)", "fedavg.yaml", tdc, seeds),
+        Row("+dp", "ablation", f"+ SecAgg + DP (ε={_eps(target)})", "fedavg.yaml", private, seeds, target),
+        Row("full", "ablation", "full PrivFedTalk", "privfedtalk.yaml", ISFA_TDC + private, seeds, target),
     ]
 
 
-def privacy_rows(epsilons) -> list[Row]:
-    """The privacy-utility sweep of the full method, seed 0."""
+def privacy_rows(epsilons, seeds: list[int]) -> list[Row]:
+    """The privacy-utility sweep of the full method, on the main table's seeds (the target-ε point then
+    shares privfedtalk's runs)."""
     return [
         Row(
             f"eps-{_eps(eps)}",
@@ -164,7 +191,7 @@ def privacy_rows(epsilons) -> list[Row]:
             f"target ε={_eps(eps)}" + (" (DP off, SecAgg on)" if math.isinf(eps) else ""),
             "privfedtalk.yaml",
             ISFA_TDC + privacy_overrides(eps),
-            [0],
+            seeds,
             target_epsilon=float(eps),
         )
         for eps in epsilons
@@ -258,7 +285,8 @@ def cohort_rows(preset: dict, seeds: int) -> list[Row]:
 
 
 def row_definitions(preset: dict, seeds: int, budget: dict, private_identities: int) -> list[Row]:
-    """Every row of the three tables; budget = the resolved clients_per_round and local_steps.
+    """Every row of the three tables, each on seeds 0..seeds-1; budget = the resolved clients_per_round
+    and local_steps.
 
     A preset with `cohorts` plans the cohort sweep alone (cohort_rows): its budget is spent on the
     utility-vs-cohort curve, not on the main, ablation and privacy tables.
@@ -266,23 +294,29 @@ def row_definitions(preset: dict, seeds: int, budget: dict, private_identities: 
     if preset.get("cohorts"):
         return cohort_rows(preset, seeds)
     target = float(preset["target_epsilon"])
+    every = list(range(seeds))
     return (
-        main_rows(target, list(range(seeds)), budget, private_identities)
-        + ablation_rows(target)
-        + privacy_rows(preset["epsilons"])
+        main_rows(target, every, budget, private_identities)
+        + ablation_rows(target, every)
+        + privacy_rows(preset["epsilons"], every)
     )
 
 
 def row_names(preset: dict) -> list[str]:
-    return [r.name for r in row_definitions(preset, 1, {"clients_per_round": 1, "local_steps": 1}, 1)]
+    budget = {"clients_per_round": 1, "local_steps": 1, "batch_windows": 1}
+    return [r.name for r in row_definitions(preset, 1, budget, 1)]
 
 
 def folder_name(row_name: str) -> str:
     return row_name.replace("+", "plus-")
 
 
-def plan_runs(rows: list[Row], common: list[str], cli_overrides: list[str], runs_dir: Path) -> dict:
-    """Build each row's configs; rows with identical configs share one run (the first row names it)."""
+def plan_runs(
+    rows: list[Row], common: list[str], cli_overrides: list[str], runs_dir: Path, backbone: int = 0
+) -> dict:
+    """Build each row's configs on one backbone (`common` names its checkpoint); rows with identical
+    configs share one run (the first row names it). Called once per backbone: runs on different
+    backbones never share (the checkpoint is part of the config)."""
     from privfedtalk.config import load_config
 
     runs: dict[str, Run] = {}
@@ -294,10 +328,10 @@ def plan_runs(rows: list[Row], common: list[str], cli_overrides: list[str], runs
             cfg = load_config(row.config_file, common + cli_overrides + row.overrides + [f"seed={seed}"])
             sig = run_signature(cfg)
             if sig not in by_signature:
-                key = f"{folder_name(row.name)}/seed{seed}"
+                key = run_key(row.name, backbone, seed)
                 cfg.out_dir = str(runs_dir / key)
-                by_signature[sig] = runs[key] = Run(key, cfg)
-            row.runs[seed] = by_signature[sig]
+                by_signature[sig] = runs[key] = Run(key, cfg, backbone=backbone)
+            row.runs[run_label(backbone, seed)] = by_signature[sig]
     return runs
 
 
@@ -320,7 +354,7 @@ def plan_audits(rows: list[Row], canaries: int, runs_dir: Path) -> list[Run]:
     for row in rows:
         if row.table != "privacy" or not canaries or not row.runs:
             continue
-        cfg = audit_config(row.runs[min(row.runs)].cfg, canaries)
+        cfg = audit_config(row.first_run().cfg, canaries)
         key = f"audit/{folder_name(row.name)}/seed0"
         cfg.out_dir = str(runs_dir / key)
         row.audit = Run(key, cfg, canaries=canaries)
@@ -342,25 +376,33 @@ def common_overrides(preset: dict, data: Path, checkpoint: Path) -> list[str]:
     ] + list(preset["federated"])
 
 
+def backbone_count(preset: dict, args) -> int:
+    """How many backbones every row's runs span: --backbone-seeds, else the preset's backbone_seeds (1)."""
+    return int(getattr(args, "backbone_seeds", None) or preset.get("backbone_seeds", 1))
+
+
 def plan_benchmark(
-    preset_name: str, preset: dict, data: Path, checkpoint: Path, args, runs_dir: Path
+    preset_name: str, preset: dict, data: Path, checkpoints: list[Path], args, runs_dir: Path
 ) -> Benchmark:
-    """Rows, runs and evaluation of this invocation (args: overrides, seeds, only, inception)."""
+    """Rows, runs and evaluation of this invocation (args: overrides, seeds, only, inception); every row
+    runs each of its seeds on each backbone of `checkpoints` (index = backbone)."""
     from privfedtalk.config import load_config
     from privfedtalk.data.corpus import read_split
 
     split = read_split(data)
     if not split or not split.get("private"):
         raise SystemExit(f"{data}: no split.json with private identities")
-    common = common_overrides(preset, data, checkpoint)
+    common = common_overrides(preset, data, checkpoints[0])
     base = load_config("fedavg.yaml", common + args.overrides)
     budget = {
         "clients_per_round": int(base.federated.clients_per_round),
         "local_steps": int(base.federated.local_steps),
+        "batch_windows": int(base.federated.batch_windows),
     }
     seeds = args.seeds or int(preset["seeds"])
     rows = row_definitions(preset, seeds, budget, len(split["private"]))
-    plan_runs(rows, common, args.overrides, runs_dir)
+    for backbone, checkpoint in enumerate(checkpoints):
+        plan_runs(rows, common_overrides(preset, data, checkpoint), args.overrides, runs_dir, backbone)
     selected = [r for r in rows if not args.only or r.name in args.only]
     runs = list({id(run): run for row in selected for run in row.runs.values()}.values())
     identities = list(split["private"][: preset["eval_clients"] or None])
@@ -371,7 +413,8 @@ def plan_benchmark(
         preset_name,
         preset,
         data,
-        checkpoint,
+        checkpoints[0],
+        list(checkpoints),
         split,
         base,
         budget,

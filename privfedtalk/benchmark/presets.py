@@ -5,7 +5,9 @@ Every preset holds
   pretrain   config overrides of the backbone pretraining (public identities only);
   federated  config overrides shared by EVERY row (budget: rounds, clients_per_round, local_steps,
              batch_windows, lr, server_lr); rows differ only in method keys (see plan.row_definitions);
-  seeds      seeds of the main table (rows local-only, fedavg, fedprox, privfedtalk); --seeds overrides;
+  seeds      federated seeds of every row (main, ablation, privacy-utility); --seeds overrides;
+  backbone_seeds  backbones pretrained under different seeds (default 1); every row runs its seeds on
+             each, so its ± includes the backbone's variance too; --backbone-seeds overrides;
   jobs       runs trained at once, each in its own process (default 1); --jobs overrides;
   run_threads torch threads of every run (default 1), whatever --jobs is: the thread count changes
              floating-point results, so it is part of what a row measures;
@@ -67,12 +69,20 @@ PRESETS: dict[str, dict] = {
     # `make run-benchmark` on a 2-core CPU (target: <= 45 min in all, backbone pretraining included).
     # Corpus like `make demo`'s: 56 identities, 48 public (2 clips x 3 s: the backbone generalizes
     # from many faces) and 8 private clients (4 clips x 3 s: 3 to train, 1 held out). Backbone as
-    # privfedtalk/demo.py FULL. 19 federated runs at 3 seeds (12 main, 1 centralized, 3 ablation,
-    # 3 privacy-utility; adapters-only, full and eps-8 reuse fedavg/privfedtalk seed 0).
+    # privfedtalk/demo.py FULL. Every row at 3 seeds: 30 federated runs (12 main, 3 centralized, 9
+    # ablation, 6 privacy-utility; adapters-only, full and eps-8 reuse fedavg's and privfedtalk's runs)
+    # + 3 canary audits (one per privacy-utility row, seed 0, not evaluated).
     # Domain shift: the private speakers' mouths trail their audio by 2 frames, which the public
     # backbone never saw. Without it the backbone already fits the clients and every row ties (all
     # methods within 0.1 dB, docs/results.md): there is nothing for federation to learn. lr 1e-2: at
     # 1e-3 no method learns the shift in 6 rounds (sync 0.03 -> 0.04).
+    # What fits 3 seeds on every row into the budget (19 runs at 1-3 seeds took 25 min of runs before):
+    # evaluation at 5 DDIM steps instead of 10 (experiments/eval_steps.py on a FedAvg and a DP run: vs
+    # 20 steps sync moves <= 0.003, mouth PSNR <= 0.13 dB, PSNR <= 0.22 dB, the same way for every row;
+    # the seed spreads are 0.03-0.10 and 0.04-0.41 dB), clients trained 4 at a time in one grouped pass
+    # (federated.client_batch=4: same updates to float rounding, tests/federated/test_batched_clients.py),
+    # and the privacy sweep at ε in {∞, 8, 2} (ε = 32 dropped: at m = 4 every noised row sits at the
+    # local-only level, results/small before this change).
     "small": {
         "description": "2-core CPU: 64x64, 8 private clients whose mouths lag their audio by 2 frames, "
         "6 rounds x 4 clients x 10 local steps",
@@ -85,15 +95,19 @@ PRESETS: dict[str, dict] = {
             "federated.batch_windows=4",
             "federated.lr=1e-2",
             "federated.server_lr=1.0",
+            "federated.client_batch=4",
         ],
         "seeds": 3,
+        # One backbone: a second would double the federated runs and add a pretraining, past the CPU
+        # budget; --backbone-seeds 2 measures the backbone's share of the spread when time allows.
+        "backbone_seeds": 1,
         "jobs": 2,  # two 1-thread runs at a time: more throughput than one 2-thread run on 2 cores
         "eval_clients": 4,
-        "eval_sample_steps": 10,
+        "eval_sample_steps": 5,
         "target_epsilon": 8.0,
-        "epsilons": [math.inf, 32.0, 8.0, 2.0],
+        "epsilons": [math.inf, 8.0, 2.0],
         # 200 canaries next to 8 clients: clients_per_round 4 -> 104 keeps q = 1/2; the 95 % interval of
-        # the DP row's estimate was ~[1.7, 7.5] at this size (docs/threat-model.md).
+        # the DP row's estimate was ~[1.7, 7.5] at this size (docs/results.md).
         "audit_canaries": 200,
         "qualitative_frames": 4,
     },

@@ -51,10 +51,11 @@ SYSTEMS = [
     ("epsilon", "ε", 0, 2),
 ]
 COLUMNS = QUALITY + SYSTEMS
+# Section titles; {runs} is what each row's runs span, e.g. "3 seeds" or "3 seeds x 2 backbones".
 TABLES = {
     "main": "Main table",
-    "ablation": "Ablation (seed 0; each component added alone to adapters-only FedAvg)",
-    "privacy": "Privacy-utility (privfedtalk, seed 0)",
+    "ablation": "Ablation ({runs}; each component added alone to adapters-only FedAvg)",
+    "privacy": "Privacy-utility (privfedtalk, {runs})",
 }
 KEY_METRICS = ("psnr", "mouth_psnr", "sync_corr", "id_sim")
 # Where centralized must not fall below FedAvg, nor FedAvg below local-only, for the table to make sense.
@@ -87,25 +88,49 @@ def run_values(row: Row, run: Run) -> dict:
     return values
 
 
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+def spread_text(n_runs: int, n_seeds: int, n_backbones: int) -> str:
+    """Which variance a row's ± holds: its runs span n_seeds federated seeds on n_backbones backbones."""
+    span = f"{plural(n_seeds, 'federated seed')} x {plural(n_backbones, 'backbone')}"
+    if n_runs < 2:
+        return f"no ± (1 run: {span})"
+    what = "federated-seed and backbone variance" if n_backbones > 1 else "federated-seed variance only"
+    return f"± = sample std over {n_runs} runs ({span}): {what}"
+
+
 def summarize(row: Row) -> dict:
-    """The row's per-seed values, their mean and sample std (None with one seed) per column."""
-    per_seed = {seed: run_values(row, run) for seed, run in sorted(row.runs.items())}
+    """The row's per-run values, their mean and sample std (None with one run) per column.
+
+    The mean and std are over ALL the row's runs: every federated seed on every backbone. per_seed and
+    runs are keyed by run label ("0", "1", ... on backbone 0; "b1-0", ... on backbone 1); n_seeds counts
+    the federated seeds, n_backbones the backbones, and `spread` says which variance the ± includes.
+    """
+    per_run = {label: run_values(row, run) for label, run in row.runs.items()}
     mean, std = {}, {}
     for key, *_ in COLUMNS:
-        vals = [v[key] for v in per_seed.values() if v[key] is not None and math.isfinite(v[key])]
+        vals = [v[key] for v in per_run.values() if v[key] is not None and math.isfinite(v[key])]
         mean[key] = float(np.mean(vals)) if vals else None
         std[key] = float(np.std(vals, ddof=1)) if len(vals) > 1 else None
-    first = row.runs[min(row.runs)]
+    first = row.first_run()
+    seeds = sorted({int(run.cfg.seed) for run in row.runs.values()})
+    backbones = sorted({run.backbone for run in row.runs.values()})
     out = {
         "row": row.name,
         "label": row.label,
         "table": row.table,
-        "n_seeds": len(per_seed),
-        "seeds": sorted(per_seed),
-        "runs": {str(s): r.key for s, r in sorted(row.runs.items())},
+        "n_seeds": len(seeds),
+        "seeds": seeds,
+        "n_backbones": len(backbones),
+        "backbones": backbones,
+        "n_runs": len(per_run),
+        "spread": spread_text(len(per_run), len(seeds), len(backbones)),
+        "runs": {label: r.key for label, r in row.runs.items()},
         "mean": mean,
         "std": std,
-        "per_seed": {str(s): v for s, v in per_seed.items()},
+        "per_seed": per_run,
         "note": row.note,
     }
     if row.table == "privacy":
@@ -596,7 +621,7 @@ def audit_summary(row: Row) -> dict | None:
     if row.audit is None or row.audit.audit is None:
         return None
     audit = row.audit.audit
-    records = row.runs[min(row.runs)].records
+    records = row.first_run().records
     return {
         "run": row.audit.key,
         "canaries": audit["canaries_inserted"],
@@ -667,7 +692,7 @@ def markdown_table(summaries: list[dict], extra_privacy: bool = False) -> str:
     head += [label for key, label, *_ in COLUMNS if not (extra_privacy and key == "epsilon")]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in summaries:
-        cells = [s["label"], str(s["n_seeds"])]
+        cells = [s["label"], runs_cell(s)]
         if extra_privacy:
             z = s.get("noise_multiplier")
             cells += [
@@ -681,10 +706,36 @@ def markdown_table(summaries: list[dict], extra_privacy: bool = False) -> str:
     return "\n".join(lines)
 
 
+def runs_cell(summary: dict) -> str:
+    """The "seeds" column: the federated seeds, times the backbones where there is more than one."""
+    backbones = summary.get("n_backbones", 1)
+    return str(summary["n_seeds"]) + (f" x {backbones} backbones" if backbones > 1 else "")
+
+
+def runs_span(summaries: list[dict]) -> str:
+    """What a table's rows span, for its title: "3 seeds", "3 seeds x 2 backbones" (or per row)."""
+    spans = {(s["n_seeds"], s.get("n_backbones", 1)) for s in summaries}
+    if len(spans) > 1:
+        return "seeds per row"
+    seeds, backbones = spans.pop()
+    return plural(seeds, "seed") + (f" x {backbones} backbones" if backbones > 1 else "")
+
+
+def spread_note(summaries: list[dict]) -> str:
+    """The line under a table that says which variance each ± includes (per row where rows differ)."""
+    texts = {s.get("spread") for s in summaries}
+    if len(texts) == 1:
+        return f"Every row: {texts.pop()}."
+    return " ".join(f"{s['label']}: {s.get('spread')}." for s in summaries)
+
+
 def markdown_tables(table: dict) -> list[tuple[str, str]]:
-    """(title, markdown) of each non-empty table."""
+    """(title, markdown) of each non-empty table; the markdown ends with its spread note."""
     return [
-        (title, markdown_table(table[name], extra_privacy=name == "privacy"))
+        (
+            title.format(runs=runs_span(table[name])),
+            markdown_table(table[name], extra_privacy=name == "privacy") + "\n\n" + spread_note(table[name]),
+        )
         for name, title in TABLES.items()
         if table[name]
     ]
@@ -731,12 +782,13 @@ def tex_escape(text: str) -> str:
 def write_tex(path: Path, table: dict, preset: str) -> None:
     parts = [f"% PrivFedTalk benchmark, preset {preset}; generated by experiments/run_benchmark.py"]
     for title, markdown in markdown_tables(table):
-        md = markdown.splitlines()
+        grid, note = markdown.split("\n\n", 1)
+        md = grid.splitlines()
         header = [c.strip() for c in md[0].strip("|").split("|")]
         parts += [
             "\\begin{table}[t]",
             "\\centering\\scriptsize",
-            f"\\caption{{{tex_escape(title)}}}",
+            f"\\caption{{{tex_escape(title)}. {tex_escape(note)}}}",
             "\\begin{tabular}{l" + "r" * (len(header) - 1) + "}",
             "\\hline",
             " & ".join(tex_escape(h) for h in header) + " \\\\",
@@ -780,7 +832,7 @@ def plot_convergence(path: Path, rows: list[Row]) -> None:
             ax.fill_between(rounds, np.subtract(mean, std), np.add(mean, std), alpha=0.2)
     ax.set_xlabel("round")
     ax.set_ylabel("diffusion loss (mean over sampled clients)")
-    ax.set_title("Convergence (mean ± std over seeds)")
+    ax.set_title("Convergence (mean ± std over each row's runs)")
     ax.legend(fontsize=7)
     save_figure(fig, path)
 
@@ -826,7 +878,7 @@ def plot_privacy(path: Path, summaries: list[dict], references: list[dict] = ())
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for ax, index, name in ((axes[0], 1, "PSNR (dB)"), (axes[1], 2, "sync corr")):
         _privacy_axis(ax, points, index, name, references, inf_x, finite, has_inf)
-    fig.suptitle("Privacy-utility (privfedtalk, seed 0)")
+    fig.suptitle(f"Privacy-utility (privfedtalk, {runs_span(summaries)})")
     save_figure(fig, path)
 
 
@@ -865,13 +917,13 @@ def _draw_frame(ax, i: int, j: int, t: int, label: str, frames, clip) -> None:
 def plot_qualitative(path: Path, rows: list[Row], cache, frames_shown: int) -> None:
     """The first row's sample clip: reference, ground truth and every row's generation of it."""
     plt = pyplot()
-    first = rows[0].runs[min(rows[0].runs)]
+    first = rows[0].first_run()
     _, name = load_sample(first)
     clip = clip_by_name(first, name, cache)
     steps = np.linspace(0, len(clip.frames) - 1, frames_shown).round().astype(int)
     lines = [("reference (input)", None), ("ground truth", clip.frames)]
     for row in rows:
-        frames, sample_name = load_sample(row.runs[min(row.runs)])
+        frames, sample_name = load_sample(row.first_run())
         if sample_name == name:
             lines.append((row.label, frames))
     fig, axes = plt.subplots(
@@ -890,7 +942,7 @@ def write_samples(folder: Path, rows: list[Row], cache) -> list[str]:
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for row in rows:
-        run = row.runs[min(row.runs)]
+        run = row.first_run()
         frames, name = load_sample(run)
         clip = clip_by_name(run, name, cache)
         path = folder / f"{folder_name(row.name)}.mp4"
@@ -952,14 +1004,35 @@ def readme_what_ran(table: dict, rows: list[Row]) -> list[str]:
         "each generated by its own client's personalized model (global shared adapter + that client's "
         f"identity adapter) from the clip's first frame and its audio; DDIM steps: "
         f"{table['eval_sample_steps'] or 'checkpoint default'}; metric family: {table['metric_family']}.",
-        f"- Main-table seeds: {table['seeds']}; ablation and privacy-utility rows: seed 0. Mean ± sample std "
-        "(ddof=1) over seeds; no ± where there is one seed.",
+        f"- Every row (main, ablation, privacy-utility) on federated seeds {table['seeds']}"
+        + backbones_text(table)
+        + ". Mean ± sample std (ddof=1) over all of a row's runs; no ± where there is one run; the note "
+        "under each table says which variance its ± includes.",
         "",
         "Rows: "
         + "; ".join(f"`{r.name}` = {r.label}" + (f" ({r.note})" if r.note else "") for r in rows)
         + ".",
         "",
     ]
+
+
+def backbones_text(table: dict) -> str:
+    """The backbones every row's runs span, for the README."""
+    checkpoints = table.get("checkpoints") or [table["checkpoint"]]
+    if len(checkpoints) == 1:
+        return ", on one pretrained backbone"
+    return (
+        f", each on {len(checkpoints)} backbones pretrained under different seeds ("
+        + ", ".join(f"backbone {b}: `{c}`" for b, c in enumerate(checkpoints))
+        + "; runs on backbone b >= 1 are `runs/ROW/bB-seedS/`)"
+    )
+
+
+def pretrain_text(seconds: float, by_backbone: list | None) -> str:
+    """Pretraining seconds, split per backbone where there are several."""
+    if not by_backbone or len(by_backbone) < 2:
+        return f"{seconds:.1f}"
+    return f"{seconds:.1f} (" + " + ".join(f"b{b} {t:.1f}" for b, t in enumerate(by_backbone)) + ")"
 
 
 def readme_machine_and_time(table: dict) -> list[str]:
@@ -969,7 +1042,8 @@ def readme_machine_and_time(table: dict) -> list[str]:
         "",
         f"- {m['platform']}, {m['cpu_count']} CPUs ({m['processor']}), Python {m['python']}, "
         f"torch {m['torch']}" + (f", GPU {m['cuda_device']}" if "cuda_device" in m else ", no GPU") + ".",
-        f"- corpus: {times['synth_s']:.1f} s, backbone pretraining: {times['pretrain_s']:.1f} s"
+        f"- corpus: {times['synth_s']:.1f} s, backbone pretraining: "
+        f"{pretrain_text(times['pretrain_s'], times.get('pretrain_s_by_backbone'))} s"
         + cache_note(times)
         + f", federated runs: {times['train_s']:.1f} s, evaluation: {times['eval_s']:.1f} s, "
         f"tables/figures/samples: {times['outputs_s']:.1f} s; whole invocation: {times['total_s']:.1f} s.",
@@ -981,7 +1055,8 @@ def readme_machine_and_time(table: dict) -> list[str]:
     ]
     for h in table.get("invocations", []):
         lines.append(
-            f"| {h['finished']} | {h['total_s']:.1f} | {h['synth_s']:.1f} | {h['pretrain_s']:.1f} "
+            f"| {h['finished']} | {h['total_s']:.1f} | {h['synth_s']:.1f} "
+            f"| {pretrain_text(h['pretrain_s'], h.get('pretrain_s_by_backbone'))} "
             f"| {h['runs_wall_s']:.1f} | {h['jobs']} | {h['runs_trained']} | {h['runs_reused']} |"
         )
     lines += [
@@ -1066,7 +1141,8 @@ def readme(table: dict, args, rows: list[Row]) -> str:
         "`table.md`, `table.csv`, `table.json` (every number, per seed), `table.tex`, `convergence.png`, "
         "`privacy_utility.png`, `utility_vs_cohort.png` (cohort presets), `qualitative.png`, `samples/*.mp4` "
         "(seed-0 generations with the driving "
-        "audio), `runs/ROW/seedK/` (config.yaml, metrics.jsonl, eval.json, TensorBoard logs).",
+        "audio), `runs/ROW/seedK/` (backbone 0) and `runs/ROW/bB-seedK/` (backbone B >= 1): config.yaml, "
+        "metrics.jsonl, eval.json, TensorBoard logs.",
         "",
         f"Command line: `{' '.join(args.argv)}`",
         "",
@@ -1085,6 +1161,8 @@ def describe(bench: Benchmark, args) -> dict:
         "description": preset["description"],
         "data": str(bench.data),
         "checkpoint": str(bench.checkpoint),
+        "checkpoints": [str(c) for c in bench.checkpoints],
+        "backbone_seeds": len(bench.checkpoints),
         "private_identities": len(bench.split["private"]),
         "seeds": list(range(bench.seeds)),
         "budget": {
@@ -1138,7 +1216,7 @@ def build_table(bench: Benchmark, args) -> dict:
     table["comparison"] = compare(table)
     privacy_rows = [r for r in bench.selected if r.table == "privacy"]
     if privacy_rows:
-        table["clip_norm"] = float(privacy_rows[0].runs[0].cfg.privacy.clip_norm)
+        table["clip_norm"] = float(privacy_rows[0].first_run().cfg.privacy.clip_norm)
     table["reading"] = reading(table) + audit_findings(table)
     families = {run.eval.get("metric_family") for run in bench.runs}  # audits are not evaluated
     table["metric_family"] = "; ".join(sorted(f for f in families if f))
@@ -1163,6 +1241,7 @@ def record_invocation(path: Path, table: dict, args, runs) -> list[dict]:
             "total_s": round(times["total_s"], 1),
             "synth_s": round(times["synth_s"], 1),
             "pretrain_s": round(times["pretrain_s"], 1),
+            "pretrain_s_by_backbone": [round(t, 1) for t in times.get("pretrain_s_by_backbone", [])],
             "runs_wall_s": round(times["runs_wall_s"], 1),
             "jobs": times["jobs"],
             "runs_trained": sum(s in ("trained", "resumed") for s in statuses),

@@ -238,3 +238,31 @@ def test_privacy_rows_get_their_canary_audit(bench, monkeypatch):
         "audit/eps-8/seed0": "reused",
     }
     assert again["privacy"][1]["audit"] == table["privacy"][1]["audit"]
+
+
+def test_second_backbone_pretrains_once_and_runs_beside_the_first(bench):
+    """--backbone-seeds 2 on the same folder: backbone 0's cache and fedavg/seed0 are reused, backbone 1 is
+    pretrained under seed 1 into pretrain-b1/ and fedavg runs on it as fedavg/b1-seed0."""
+    module, out, _ = bench
+    table = module.main(
+        ["--preset", "tiny", "--seeds", "1", "--backbone-seeds", "2", "--only", "fedavg", "threads=1"]
+        + ["--out", str(out)]
+    )
+    assert set(table["runs"]) == {"fedavg/seed0", "fedavg/b1-seed0"}
+    assert table["runs"]["fedavg/b1-seed0"]["status"] == "trained"
+    cache = out / "cache" / "tiny"
+    assert table["checkpoints"] == [str(cache / "pretrain/checkpoint"), str(cache / "pretrain-b1/checkpoint")]
+    (row,) = table["main"]
+    assert (row["n_seeds"], row["n_backbones"], row["n_runs"]) == (1, 2, 2)
+    assert row["runs"] == {"0": "fedavg/seed0", "b1-0": "fedavg/b1-seed0"}
+    psnr = [run["psnr"] for run in row["per_seed"].values()]
+    assert psnr[0] != psnr[1]  # another backbone, another result
+    assert row["std"]["psnr"] is not None and row["mean"]["psnr"] == pytest.approx(sum(psnr) / 2)
+    assert (
+        "(1 federated seed x 2 backbones): federated-seed and backbone variance"
+        in (out / "tiny" / "table.md").read_text()
+    )
+    last = table["invocations"][-1]
+    assert last["pretrain_s_by_backbone"][0] == 0 and last["pretrain_s_by_backbone"][1] > 0
+    assert json.loads((cache / "pretrain-b1.json").read_text())["pretrain_seed"] == 1
+    assert (out / "tiny" / "runs" / "fedavg" / "b1-seed0" / "eval.json").is_file()
