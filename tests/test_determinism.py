@@ -3,6 +3,7 @@ thread count they ran at is the explicit part of what they compute (the benchmar
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import pytest
@@ -93,3 +94,30 @@ def test_setup_torch_asks_for_deterministic_kernels_without_failing_on_ops_that_
         warnings.simplefilter("ignore")
         # An op with no deterministic CUDA kernel still runs (on CPU it simply computes).
         torch.zeros(3).index_add_(0, torch.tensor([0, 0]), torch.ones(2))
+
+
+def tiny_benchmark(out) -> dict:
+    """One fresh invocation of the tiny preset (corpus and backbone built anew under `out`)."""
+    from privfedtalk.benchmark.cli import main
+
+    rows = ["local-only", "fedavg", "privfedtalk"]
+    return main(["--preset", "tiny", "--seeds", "1", "--out", str(out), "--only", *rows, "threads=1"])
+
+
+def test_two_fresh_tiny_benchmarks_give_the_same_table(tmp_path):
+    """The issue's re-run check at CI size: noise-free rows repeat exactly (tolerance 0), the DP row's
+    noise-free numbers (ε, upload) too; the comparison itself fails on a changed number."""
+    from privfedtalk.benchmark.compare import compare_tables
+
+    first, second = tiny_benchmark(tmp_path / "a"), tiny_benchmark(tmp_path / "b")
+    assert first["timings"]["pretrain_s"] > 0 and second["timings"]["pretrain_s"] > 0  # both fresh
+    result = compare_tables(first, second)
+    rows = {r["row"]: r for r in result["rows"]}
+    assert set(rows) == {"local-only", "fedavg", "privfedtalk"} and result["reproduced"], result
+    for name in ("local-only", "fedavg"):
+        assert not rows[name]["noised"] and rows[name]["largest"]["sync_corr"] == 0.0
+        assert all(value == 0.0 for value in rows[name]["largest"].values()), rows[name]
+    assert rows["privfedtalk"]["noised"] and rows["privfedtalk"]["largest"]["epsilon"] == 0.0
+    changed = json.loads(json.dumps(second))
+    changed["main"][1]["per_seed"]["0"]["psnr"] += 1e-9
+    assert not compare_tables(first, changed)["reproduced"]
