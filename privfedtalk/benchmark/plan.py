@@ -295,9 +295,12 @@ def row_definitions(preset: dict, seeds: int, budget: dict, private_identities: 
         return cohort_rows(preset, seeds)
     target = float(preset["target_epsilon"])
     every = list(range(seeds))
+    ablations = ablation_rows(target, every)
+    if preset.get("ablations") is not None:  # the preset's subset, in the table's order
+        ablations = [row for row in ablations if row.name in preset["ablations"]]
     return (
         main_rows(target, every, budget, private_identities)
-        + ablation_rows(target, every)
+        + ablations
         + privacy_rows(preset["epsilons"], every)
     )
 

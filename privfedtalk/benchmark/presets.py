@@ -15,6 +15,7 @@ Every preset holds
   eval_sample_steps  DDIM steps at evaluation (None: the checkpoint's model.diffusion.sample_steps);
   target_epsilon     the privfedtalk row's ε (δ = privacy.delta);
   epsilons           the privacy-utility sweep (math.inf: DP off, secure aggregation on);
+  ablations          names of the ablation rows to run (default: all of plan.ablation_rows);
   audit_canaries     K > 0: each privacy-utility row's seed-0 config is also run once with K canary
                      clients (plan.plan_audits; privfedtalk.federated.canaries) for its empirical ε;
                      0 or absent: no audits;
@@ -69,29 +70,38 @@ PRESETS: dict[str, dict] = {
     # `make run-benchmark` on a 2-core CPU (target: <= 45 min in all, backbone pretraining included).
     # Corpus like `make demo`'s: 56 identities, 48 public (2 clips x 3 s: the backbone generalizes
     # from many faces) and 8 private clients (4 clips x 3 s: 3 to train, 1 held out). Backbone as
-    # privfedtalk/demo.py FULL. Every row at 3 seeds: 30 federated runs (12 main, 3 centralized, 9
+    # privfedtalk/demo.py FULL. Every row at 3 seeds: 27 federated runs (12 main, 3 centralized, 6
     # ablation, 6 privacy-utility; adapters-only, full and eps-8 reuse fedavg's and privfedtalk's runs)
     # + 3 canary audits (one per privacy-utility row, seed 0, not evaluated).
     # Domain shift: the private speakers' mouths trail their audio by 2 frames, which the public
     # backbone never saw. Without it the backbone already fits the clients and every row ties (all
     # methods within 0.1 dB, docs/results.md): there is nothing for federation to learn. lr 1e-2: at
     # 1e-3 no method learns the shift in 6 rounds (sync 0.03 -> 0.04).
-    # What fits 3 seeds on every row into the budget (19 runs at 1-3 seeds took 25 min of runs before):
-    # evaluation at 5 DDIM steps instead of 10 (experiments/eval_steps.py on a FedAvg and a DP run: vs
-    # 20 steps sync moves <= 0.003, mouth PSNR <= 0.13 dB, PSNR <= 0.22 dB, the same way for every row;
-    # the seed spreads are 0.03-0.10 and 0.04-0.41 dB), clients trained 4 at a time in one grouped pass
-    # (federated.client_batch=4: same updates to float rounding, tests/federated/test_batched_clients.py),
-    # and the privacy sweep at ε in {∞, 8, 2} (ε = 32 dropped: at m = 4 every noised row sits at the
-    # local-only level, results/small before this change).
+    # What fits 3 seeds on every row into the budget. Measured on the 2-core machine (2026-12-02, a first
+    # fresh run at 10 local steps, stopped): pretraining ~12 min, and a pair of runs (2 jobs) 164 s: 128
+    # s of training (6 rounds x 4 clients x 10 steps, the first rounds also encode the clients' clips),
+    # 27 s of evaluation at 5 DDIM steps, the rest worker start-up. 30 runs + 3 audits came to ~59 min.
+    # So, against the table before (19 runs, 1-3 seeds, 10 local steps, 37 min):
+    # - 6 local steps per client-round instead of 10 (same 6 rounds, lr, batch);
+    # - evaluation at 5 DDIM steps instead of 10 (experiments/eval_steps.py on a FedAvg and a DP run:
+    #   vs 20 steps sync moves <= 0.003, mouth PSNR <= 0.13 dB, PSNR <= 0.22 dB, the same way for every
+    #   row; the rows' seed spreads were 0.03-0.10 and 0.04-0.41 dB);
+    # - ablations without "+ SecAgg + DP" (FedAvg + DP alone): at m = 4 the privacy-utility rows show
+    #   what DP does (ε = ∞ vs 8 vs 2 on the full method), and ε = 32 left the sweep (every noised row
+    #   sat at the local-only level before);
+    # - clients trained 4 at a time in one grouped pass (federated.client_batch=4; same updates to float
+    #   rounding, tests/federated/test_batched_clients.py; about neutral at this size: a round of 4
+    #   clients took 16-19 s either way).
+    # 27 runs + 3 audits.
     "small": {
         "description": "2-core CPU: 64x64, 8 private clients whose mouths lag their audio by 2 frames, "
-        "6 rounds x 4 clients x 10 local steps",
+        "6 rounds x 4 clients x 6 local steps",
         "synth": {**FULL["synth"], "seed": 0, "private_mouth_lag": 2},
         "pretrain": FULL["pretrain"],
         "federated": [
             "federated.rounds=6",
             "federated.clients_per_round=4",
-            "federated.local_steps=10",
+            "federated.local_steps=6",
             "federated.batch_windows=4",
             "federated.lr=1e-2",
             "federated.server_lr=1.0",
@@ -106,6 +116,7 @@ PRESETS: dict[str, dict] = {
         "eval_sample_steps": 5,
         "target_epsilon": 8.0,
         "epsilons": [math.inf, 8.0, 2.0],
+        "ablations": ["adapters-only", "+isfa", "+tdc", "full"],
         # 200 canaries next to 8 clients: clients_per_round 4 -> 104 keeps q = 1/2; the 95 % interval of
         # the DP row's estimate was ~[1.7, 7.5] at this size (docs/results.md).
         "audit_canaries": 200,

@@ -51,7 +51,7 @@ def test_old_presets_plan_exactly_the_runs_they_planned_before_the_cohort_sweep(
     # The snapshot was updated once since: centralized, ablation and privacy rows moved from seed 0
     # alone to the preset's seeds (same keys and configs at seed 0, new runs at seeds 1, 2); and once
     # more for the centralized row's batch (m x batch_windows windows, local_steps steps) and small's
-    # client_batch=4 and ε sweep {∞, 8, 2}.
+    # client_batch=4, 6 local steps, ablations without "+dp" and ε sweep {∞, 8, 2}.
     snapshot = json.loads(SNAPSHOT.read_text())
     for name in OLD_PRESETS:
         assert "cohorts" not in PRESETS[name]
