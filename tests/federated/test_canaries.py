@@ -30,10 +30,13 @@ AUDIT_RUN = [
 ]
 
 
-def test_canaries_take_part_without_reaching_real_clients(tiny_federated_config, tmp_path):
+@pytest.mark.parametrize("client_batch", [1, 4])
+def test_canaries_take_part_without_reaching_real_clients(tiny_federated_config, tmp_path, client_batch):
     # Every client in every round (q = 1), so the real clients surely train (sampling is OS entropy).
+    # client_batch=4: groups mix canaries and real clients; the canaries still answer for themselves.
     everyone = f"federated.clients_per_round={CANARIES + 2}"
-    cfg = tiny_federated_config(*AUDIT_RUN, everyone, f"out_dir={tmp_path / 'audit'}")
+    batch = f"federated.client_batch={client_batch}"
+    cfg = tiny_federated_config(*AUDIT_RUN, everyone, batch, f"out_dir={tmp_path / 'audit'}")
     summary = audit_run(cfg, CANARIES, bootstrap_samples=50)
     run = RunFolder(summary["run"])
     assert json.loads((run.path / "audit.json").read_text()) == summary
