@@ -92,7 +92,8 @@ PRESETS: dict[str, dict] = {
     # - clients trained 4 at a time in one grouped pass (federated.client_batch=4; same updates to float
     #   rounding, tests/federated/test_batched_clients.py; about neutral at this size: a round of 4
     #   clients took 16-19 s either way).
-    # 27 runs + 3 audits.
+    # 27 runs + 3 audits. Measured from fresh clones (2026-12-02, docs/results.md): 47 min 43 s and
+    # 49 min 18 s, over the target: pretraining 13.5-14.5 min, the runs ~33.6 min.
     "small": {
         "description": "2-core CPU: 64x64, 8 private clients whose mouths lag their audio by 2 frames, "
         "6 rounds x 4 clients x 6 local steps",
