@@ -284,13 +284,12 @@ def ensure_evaluated(run: Run, spec: EvalSpec, cache: ClipCache) -> None:
 
 def saved_audit(run: Run) -> dict | None:
     """The audit run's audit.json if its folder finished this very config with this many canaries."""
-    run_dir = Path(run.cfg.out_dir)
-    audit_file = run_dir / "audit.json"
-    if not audit_file.is_file() or trained_rounds(run) is None:
+    audit_file = Path(run.cfg.out_dir) / "audit.json"
+    rounds = trained_rounds(run) if audit_file.is_file() else None
+    if rounds is None or rounds < run.cfg.federated.rounds:
         return None
     saved = json.loads(audit_file.read_text())
-    complete = trained_rounds(run) >= run.cfg.federated.rounds
-    return saved if complete and saved.get("canaries_inserted") == run.canaries else None
+    return saved if saved.get("canaries_inserted") == run.canaries else None
 
 
 def ensure_audited(run: Run, fresh: bool) -> None:
