@@ -31,17 +31,13 @@ def setup_logging() -> None:
 # ------------------------------------------------------------------------------ data and backbone
 
 
-def check_cache(cache: Path, preset_name: str, wanted: dict) -> dict:
-    """The cache's meta.json ({} if new); refuses a cache built with other corpus/backbone settings."""
-    return check_cache_file(cache / "meta.json", preset_name, wanted, cache)
-
-
-def check_cache_file(meta_file: Path, preset_name: str, wanted: dict, cache: Path | None = None) -> dict:
-    """The meta file's content ({} if new); refuses one built with other settings than `wanted`."""
+def check_cache(meta_file: Path, preset_name: str, wanted: dict) -> dict:
+    """A cache meta file's content ({} if new: meta.json, pretrain-bB.json); refuses a cache built with
+    other corpus/backbone settings than `wanted`."""
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
     built = {key: meta.get(key) for key in wanted}
     if meta and built != json.loads(json.dumps(wanted)):
-        cache = cache or meta_file.parent
+        cache = meta_file.parent
         raise SystemExit(
             f"{cache} was built with other corpus/backbone settings than preset {preset_name!r} now has "
             f"({meta_file.name}); delete {cache} to rebuild it (or pass --checkpoint/--data)"
@@ -74,11 +70,10 @@ def pretrain_config(pretrain_dir: Path, data: Path, preset: dict, cli_overrides,
     return cfg
 
 
-def build_backbone(
-    pretrain_dir: Path, data: Path, preset: dict, cli_overrides, meta: dict, backbone: int = 0
-) -> tuple[Path, float]:
-    """(checkpoint, seconds spent pretraining it now: 0 when reused from the cache)."""
-    checkpoint = pretrain_dir / "checkpoint"
+def build_backbone(cfg, meta: dict, backbone: int = 0) -> tuple[Path, float]:
+    """(checkpoint, seconds spent pretraining it now: 0 when reused from the cache); cfg from
+    pretrain_config, its out_dir the backbone's folder."""
+    checkpoint = Path(cfg.out_dir) / "checkpoint"
     name = "backbone" if backbone == 0 else f"backbone {backbone}"  # backbone 0 logs as it always did
     t0 = time.perf_counter()
     if (checkpoint / "identity_encoder.json").is_file():
@@ -86,7 +81,6 @@ def build_backbone(
         return checkpoint, 0.0
     from privfedtalk.pretrain import pretrain
 
-    cfg = pretrain_config(pretrain_dir, data, preset, cli_overrides, backbone)
     log.info("%s: pretraining on the public identities (seed %d)", name, cfg.seed)
     pretrain(cfg)
     meta["pretrain_s"] = seconds = time.perf_counter() - t0
@@ -96,17 +90,16 @@ def build_backbone(
 def extra_backbone(cache: Path, preset_name: str, preset: dict, data: Path, cli_overrides, backbone: int):
     """Backbone b >= 1: pretrained on the same corpus under another seed, cached in pretrain-b{b}/ with
     its own meta (pretrain-b{b}.json). (checkpoint, seconds spent pretraining it now, seconds it took)."""
-    pretrain_dir = cache / f"pretrain-b{backbone}"
-    seed = int(pretrain_config(pretrain_dir, data, preset, cli_overrides, backbone).seed)
+    cfg = pretrain_config(cache / f"pretrain-b{backbone}", data, preset, cli_overrides, backbone)
     wanted = {
         "synth": preset["synth"],
         "pretrain": preset["pretrain"],
         "pretrain_overrides": cli_overrides,
-        "pretrain_seed": seed,
+        "pretrain_seed": int(cfg.seed),
     }
     meta_file = cache / f"pretrain-b{backbone}.json"
-    meta = check_cache_file(meta_file, preset_name, wanted)
-    checkpoint, seconds = build_backbone(pretrain_dir, data, preset, cli_overrides, meta, backbone)
+    meta = check_cache(meta_file, preset_name, wanted)
+    checkpoint, seconds = build_backbone(cfg, meta, backbone)
     meta.update(wanted)
     meta_file.write_text(json.dumps(meta, indent=1))
     return checkpoint, seconds, meta.get("pretrain_s")
@@ -125,9 +118,10 @@ def prepare_backbone(
     data = cache / "data"
     # The command line's overrides (threads=, device=) reach pretraining too and change the backbone.
     wanted = {"synth": preset["synth"], "pretrain": preset["pretrain"], "pretrain_overrides": cli_overrides}
-    meta = check_cache(cache, preset_name, wanted)
+    meta = check_cache(cache / "meta.json", preset_name, wanted)
     build_corpus(data, preset, meta, times)
-    checkpoint, seconds = build_backbone(cache / "pretrain", data, preset, cli_overrides, meta)
+    cfg = pretrain_config(cache / "pretrain", data, preset, cli_overrides, 0)
+    checkpoint, seconds = build_backbone(cfg, meta)
     meta.update(wanted)
     (cache / "meta.json").write_text(json.dumps(meta, indent=1))
     built = {k: meta[k] for k in ("synth_s", "pretrain_s") if k in meta}
@@ -310,6 +304,15 @@ def ensure_audited(run: Run, fresh: bool) -> None:
     run.status = "trained"
 
 
+def ensure_done(run: Run, fresh: bool, spec: EvalSpec, cache: ClipCache) -> None:
+    """Whatever the run still needs: an audit run its audit, any other run its rounds and evaluation."""
+    if run.canaries:
+        ensure_audited(run, fresh)
+    else:
+        ensure_trained(run, fresh)
+        ensure_evaluated(run, spec, cache)
+
+
 def is_done(run: Run, spec: EvalSpec) -> bool:
     """A finished run with its evaluation, or a finished audit: nothing to do."""
     if run.canaries:
@@ -328,11 +331,7 @@ def run_worker(plan: Path) -> dict:
     setup_logging()
     job = json.loads(plan.read_text())
     run = Run(job["key"], load_config(job["config"], job["overrides"]), canaries=job.get("canaries", 0))
-    if run.canaries:
-        ensure_audited(run, job["fresh"])
-    else:
-        ensure_trained(run, job["fresh"])
-        ensure_evaluated(run, EvalSpec(**job["eval"]), ClipCache())
+    ensure_done(run, job["fresh"], EvalSpec(**job["eval"]), ClipCache())
     result = {"status": run.status, "train_s": run.train_s, "eval_s": run.eval_s}
     atomic_write_text(json.dumps(result), plan.with_suffix(".result.json"))
     return result
@@ -432,16 +431,13 @@ def execute(bench: Benchmark, fresh: bool, jobs: int, cache: ClipCache, times: d
     t0 = time.perf_counter()
     if jobs > 1:
         run_in_parallel(bench.runs + bench.audits, jobs, fresh, bench.spec, bench.runs_dir)
-    for run in bench.runs:
+    for run in bench.runs + bench.audits:
         if jobs == 1:
-            ensure_trained(run, fresh)
-        ensure_evaluated(run, bench.spec, cache)  # with jobs > 1: reads the worker's eval.json
-        run.records = RunFolder(run.cfg.out_dir).records()
-    for run in bench.audits:
-        if jobs == 1:
-            ensure_audited(run, fresh)
-        else:
+            ensure_done(run, fresh, bench.spec, cache)
+        elif run.canaries:
             run.audit = saved_audit(run)  # the worker's audit.json
+        else:
+            ensure_evaluated(run, bench.spec, cache)  # reads the worker's eval.json
         run.records = RunFolder(run.cfg.out_dir).records()
     times["train_s"] = sum(r.train_s for r in bench.runs)
     times["eval_s"] = sum(r.eval_s for r in bench.runs)

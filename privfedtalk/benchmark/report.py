@@ -88,6 +88,13 @@ def run_values(row: Row, run: Run) -> dict:
     return values
 
 
+def mean_and_std(values: list) -> tuple[float | None, float | None]:
+    """Mean and sample std (None with fewer than 2) of the finite values."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    mean = float(np.mean(finite)) if finite else None
+    return mean, float(np.std(finite, ddof=1)) if len(finite) > 1 else None
+
+
 def plural(count: int, noun: str) -> str:
     return f"{count} {noun}" + ("" if count == 1 else "s")
 
@@ -111,9 +118,7 @@ def summarize(row: Row) -> dict:
     per_run = {label: run_values(row, run) for label, run in row.runs.items()}
     mean, std = {}, {}
     for key, *_ in COLUMNS:
-        vals = [v[key] for v in per_run.values() if v[key] is not None and math.isfinite(v[key])]
-        mean[key] = float(np.mean(vals)) if vals else None
-        std[key] = float(np.std(vals, ddof=1)) if len(vals) > 1 else None
+        mean[key], std[key] = mean_and_std([v[key] for v in per_run.values()])
     first = row.first_run()
     seeds = sorted({int(run.cfg.seed) for run in row.runs.values()})
     backbones = sorted({run.backbone for run in row.runs.values()})
@@ -296,13 +301,6 @@ def cohort_values(run: Run) -> dict:
         "epsilon_server_median": last.get("epsilon_server_median"),
         "noise_to_signal": float(np.median(ratios)) if ratios else None,
     }
-
-
-def mean_and_std(values: list) -> tuple[float | None, float | None]:
-    """Mean and sample std (None with fewer than 2) of the finite values."""
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    mean = float(np.mean(finite)) if finite else None
-    return mean, float(np.std(finite, ddof=1)) if len(finite) > 1 else None
 
 
 def summarize_cohort(row: Row) -> dict:
