@@ -347,6 +347,11 @@ def _fps_fraction(fps: float) -> Fraction:
     return Fraction(fps).limit_denominator(1001)
 
 
+def x264_options(crf: int, threads: int) -> dict[str, str]:
+    """write_video's encoder settings. Macroblock tree off: with it the stream depends on heap state."""
+    return {"crf": str(crf), "preset": "medium", "threads": str(threads), "x264-params": "mbtree=0"}
+
+
 def write_video(
     path,
     frames: np.ndarray,
@@ -361,7 +366,10 @@ def write_video(
 
     Odd sizes are edge-padded to even (4:2:0 needs it) and the true size is stored in the container comment
     so read_video crops back. crf=12 keeps a 64x64 frame within ~1/255 mean error; threads=1 makes the
-    encode bit-exact across machines with different core counts.
+    encode bit-exact across machines with different core counts. x264's macroblock-tree rate control is off:
+    with it on, the bytes of one clip depend on the process's heap state (the same frames encoded twice in
+    one process gave two different streams once other allocations came between), so a synthesized corpus
+    differed between two fresh benchmark runs.
     """
     path = Path(path)
     frames = np.asarray(frames)
@@ -384,7 +392,7 @@ def write_video(
         vs = container.add_stream("libx264", rate=rate)
         vs.width, vs.height, vs.pix_fmt = pw, ph, "yuv420p"
         vs.codec_context.time_base = 1 / rate
-        vs.options = {"crf": str(crf), "preset": "medium", "threads": str(threads)}
+        vs.options = x264_options(crf, threads)
         astream = None
         if audio is not None:
             astream = container.add_stream("aac", rate=int(sample_rate))

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from privfedtalk.data.media import load_media, read_audio, read_video, write_video
+from privfedtalk.data.media import load_media, read_audio, read_video, write_video, x264_options
 from privfedtalk.errors import MediaError
 
 SR = 16000
+WITH_MBTREE = {"crf": "12", "preset": "medium", "threads": "1"}
 
 
 def _samples(num_frames: int, fps: float) -> int:
@@ -153,3 +154,39 @@ def test_sidecar_shortfall_within_one_frame_is_padded(tmp_path, smooth_frames, t
     sf.write(tmp_path / "side.wav", tone_with_noise(SR - 300), SR)  # 19 ms short < one 40 ms frame
     media = load_media(path)
     assert media.audio.size == SR and np.all(media.audio[-300:] == 0)
+
+
+def _encode_with_heap_churn(frames: np.ndarray, options: dict[str, str], churn_seed: int) -> bytes:
+    """Encode frames with the given x264 options while other allocations come and go between frames."""
+    import random
+    from fractions import Fraction
+
+    import av
+
+    from privfedtalk.data.media import _rgb_to_yuv420
+
+    sizes, ballast = random.Random(churn_seed), []
+    codec = av.CodecContext.create("libx264", "w")
+    codec.width, codec.height, codec.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+    codec.time_base, codec.options = Fraction(1, 25), options
+    packets = []
+    for i, rgb in enumerate(frames):
+        ballast.append(bytearray(sizes.randint(1, 5000)))
+        frame = av.VideoFrame.from_ndarray(_rgb_to_yuv420(rgb), format="yuv420p")
+        frame.pts, frame.time_base = i, Fraction(1, 25)
+        packets += codec.encode(frame)
+    packets += codec.encode(None)
+    return b"".join(bytes(p) for p in packets)
+
+
+@pytest.mark.parametrize("options, reproducible", [(x264_options(12, 1), True), (WITH_MBTREE, False)])
+def test_video_encode_does_not_depend_on_heap_state(options, reproducible):
+    """A benchmark's corpus must be byte-reproducible. With x264's macroblock tree on (the weakened setting)
+    the same frames give different streams depending on what else the process allocated; write_video turns
+    it off."""
+    from privfedtalk.data import synthetic
+
+    face = synthetic._make_face(0, 17, 64)
+    frames, _, _ = synthetic._synth_clip(face, 0, 17, 1, 75, 25.0, 64, 0, None, 56)
+    streams = {_encode_with_heap_churn(frames, options, churn_seed) for churn_seed in range(16)}
+    assert (len(streams) == 1) is reproducible
