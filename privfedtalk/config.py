@@ -122,6 +122,9 @@ class DataConfig:
     window: int = 4  # consecutive frames per training window (TDC acts across them)
     heldout_clips: int = 1  # last clips of each identity kept for evaluation
     audio: AudioConfig = field(default_factory=AudioConfig)
+    # A folder where clients' encoded clips are kept across runs of one backbone (the benchmark's
+    # cache); empty = each run encodes its clients' clips itself. Keyed by everything they depend on.
+    latent_cache: str = ""
 
 
 @dataclass

@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from privfedtalk.benchmark.execute import ClipCache, corpus_and_backbone, execute, run_worker, setup_logging
+from privfedtalk.benchmark.execute import ClipCache, corpus_and_backbone, execute, setup_logging
 from privfedtalk.benchmark.plan import backbone_count, plan_benchmark, row_names
 from privfedtalk.benchmark.presets import PRESETS
 from privfedtalk.benchmark.report import write_report
@@ -66,7 +66,6 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="local TorchScript Inception-v3 feature file: adds true FID (otherwise the FID column is n/a)",
     )
-    parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)  # one run, for --jobs > 1
     parser.add_argument("overrides", nargs="*", help="key=value applied to every run (e.g. threads=1)")
     return parser
 
@@ -101,8 +100,6 @@ def check_rows(args, preset: dict) -> None:
 def main(argv=None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    if args.worker is not None:
-        return run_worker(args.worker)
     args.argv = ["experiments/run_benchmark.py"] + argv
     preset = PRESETS[args.preset]
     if args.list:

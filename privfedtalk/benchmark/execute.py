@@ -7,15 +7,14 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import time
+import traceback
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-import privfedtalk
 from privfedtalk.benchmark.plan import Benchmark, EvalSpec, Run
 from privfedtalk.federated.store import RunFolder, atomic_write_text, run_signature
 
@@ -324,56 +323,79 @@ def is_done(run: Run, spec: EvalSpec) -> bool:
 # ------------------------------------------------------------------------------- worker processes
 
 
-def run_worker(plan: Path) -> dict:
-    """--worker PLAN: train and evaluate the one run PLAN describes; write PLAN's .result.json."""
+def run_worker(plan: Path, cache: ClipCache) -> dict:
+    """Train and evaluate the one run PLAN describes; write PLAN's .result.json."""
     from privfedtalk.config import load_config
 
-    setup_logging()
     job = json.loads(plan.read_text())
     run = Run(job["key"], load_config(job["config"], job["overrides"]), canaries=job.get("canaries", 0))
-    ensure_done(run, job["fresh"], EvalSpec(**job["eval"]), ClipCache())
+    ensure_done(run, job["fresh"], EvalSpec(**job["eval"]), cache)
     result = {"status": run.status, "train_s": run.train_s, "eval_s": run.eval_s}
     atomic_write_text(json.dumps(result), plan.with_suffix(".result.json"))
     return result
 
 
-def run_in_parallel(runs: list[Run], jobs: int, fresh: bool, spec: EvalSpec, runs_dir: Path):
-    """Train + evaluate `runs`, `jobs` at a time, each in its own process (`--worker`).
+_worker_clips = ClipCache()  # a pool worker's held-out clips, loaded once for all the runs it takes
 
-    Each worker uses the run's own thread count (the preset's run_threads): on a 2-core CPU two
-    1-thread runs finish sooner than one 2-thread run after another (small convolutions scale poorly
-    across threads), and the numbers do not depend on --jobs.
-    A run's folder is written only by its own worker; a failed worker stops the benchmark, naming its log.
+
+def run_job(plan: str) -> dict:
+    """One run in a pool worker, everything it prints (logs, progress bars, a traceback) in PLAN's .log."""
+    log_file = Path(plan).with_suffix(".log")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log_file, "w") as stream:
+        os.dup2(stream.fileno(), 1)
+        os.dup2(stream.fileno(), 2)
+        try:
+            return run_worker(Path(plan), _worker_clips)
+        except Exception:
+            traceback.print_exc()
+            raise
+        except BaseException as err:  # a SystemExit would end the worker unanswered: the pool would wait
+            traceback.print_exc()
+            raise RuntimeError(f"{type(err).__name__}: {err}") from None
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, original in zip((1, 2), saved, strict=True):
+                os.dup2(original, fd)
+                os.close(original)
+
+
+def run_in_parallel(runs: list[Run], jobs: int, fresh: bool, spec: EvalSpec, runs_dir: Path):
+    """Train + evaluate `runs`, `jobs` at a time, in a pool of `jobs` worker processes.
+
+    Each worker imports torch and the models once and takes run after run (a run seeds everything it
+    draws, so a run's numbers do not depend on which worker took it or what ran there before). Each
+    run uses its own thread count (the preset's run_threads): on a 2-core CPU two 1-thread runs finish
+    sooner than one 2-thread run after another (small convolutions scale poorly across threads), and
+    the numbers do not depend on --jobs. A run's folder is written only by the worker that took it; a
+    failed run stops the benchmark, naming its log; finished rounds stay resumable.
     """
+    import multiprocessing
+
     plans = runs_dir / ".jobs"
     plans.mkdir(parents=True, exist_ok=True)
-    pending, active = [], []
-    for run in runs:  # a finished, evaluated run (or a finished audit) needs no worker process
-        if not fresh and is_done(run, spec):
+    # A finished, evaluated run (or a finished audit) needs no worker.
+    pending = [run for run in runs if fresh or not is_done(run, spec)]
+    for run in runs:
+        if run not in pending:
             run.status = "reused"
-        else:
-            pending.append(run)
-    try:
-        _drive_workers(pending, active, jobs, fresh, spec, plans)
-    except BaseException:  # Ctrl-C or a failed worker: stop the others; finished rounds stay resumable
-        for _, proc, *_ in active:
-            proc.terminate()
-        raise
+    if not pending:
+        return
+    # spawn: a fresh interpreter per worker (no forked torch threads), with this process's sys.path.
+    with multiprocessing.get_context("spawn").Pool(
+        min(jobs, len(pending)), initializer=setup_logging
+    ) as pool:
+        active = [submit(pool, run, fresh, spec, plans) for run in pending]
+        while active:
+            time.sleep(1.0)
+            collect_finished(active)
 
 
-def worker_environment() -> dict:
-    """This process's environment, with the privfedtalk it imported first on the worker's path.
-
-    The worker must run the same code as this process, also from a checkout whose package is not
-    the one installed in the virtual environment.
-    """
-    source = str(Path(privfedtalk.__file__).resolve().parents[1])
-    path = os.environ.get("PYTHONPATH")
-    return dict(os.environ, PYTHONPATH=source + (os.pathsep + path if path else ""))
-
-
-def start_worker(run: Run, jobs: int, fresh: bool, spec: EvalSpec, plans: Path) -> tuple:
-    """Write the run's plan (config, threads, evaluation) and start `python -m privfedtalk.benchmark`."""
+def write_plan(run: Run, fresh: bool, spec: EvalSpec, plans: Path) -> Path:
+    """The run's plan file (config, threads, evaluation) for a worker."""
     from omegaconf import OmegaConf
 
     name = run.key.replace("/", "_")
@@ -391,39 +413,34 @@ def start_worker(run: Run, jobs: int, fresh: bool, spec: EvalSpec, plans: Path) 
     }
     plan.write_text(json.dumps(job))
     plan.with_suffix(".result.json").unlink(missing_ok=True)
-    log_file = plans / f"{name}.log"
-    with open(log_file, "w") as stream:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "privfedtalk.benchmark", "--worker", str(plan)],
-            stdout=stream,
-            stderr=subprocess.STDOUT,
-            env=worker_environment(),
-        )
-    log.info("%s: started in a worker (%d threads; log %s)", run.key, threads, log_file)
-    return run, proc, plan, log_file
+    return plan
+
+
+def submit(pool, run: Run, fresh: bool, spec: EvalSpec, plans: Path) -> tuple:
+    """Queue the run on the pool; (run, pending result, log file)."""
+    plan = write_plan(run, fresh, spec, plans)
+    log.info(
+        "%s: queued for a worker (%d threads; log %s)",
+        run.key,
+        int(run.cfg.threads),
+        plan.with_suffix(".log"),
+    )
+    return run, pool.apply_async(run_job, (str(plan),)), plan.with_suffix(".log")
 
 
 def collect_finished(active: list) -> None:
-    """Take finished workers off `active` and copy their results into their runs."""
-    for item in list(active):
-        run, proc, plan, log_file = item
-        if proc.poll() is None:
-            continue
+    """Take finished runs off `active` and copy their results into their runs."""
+    for item in [item for item in active if item[1].ready()]:
+        run, pending, log_file = item
         active.remove(item)
-        if proc.returncode != 0:
-            tail = log_file.read_text(errors="replace").strip().splitlines()[-1:] or ["(empty log)"]
-            raise SystemExit(f"{run.key}: worker failed ({tail[0]}); full log: {log_file}")
-        result = json.loads(plan.with_suffix(".result.json").read_text())
+        try:
+            result = pending.get()
+        except Exception as err:
+            raise SystemExit(
+                f"{run.key}: worker failed ({type(err).__name__}: {err}); full log: {log_file}"
+            ) from None
         run.status, run.train_s, run.eval_s = result["status"], result["train_s"], result["eval_s"]
         log.info("%s: %s (train %.0f s, eval %.0f s)", run.key, run.status, run.train_s, run.eval_s)
-
-
-def _drive_workers(pending, active, jobs, fresh, spec: EvalSpec, plans: Path) -> None:
-    while pending or active:
-        while pending and len(active) < jobs:
-            active.append(start_worker(pending.pop(0), jobs, fresh, spec, plans))
-        time.sleep(1.0)
-        collect_finished(active)
 
 
 def execute(bench: Benchmark, fresh: bool, jobs: int, cache: ClipCache, times: dict) -> None:

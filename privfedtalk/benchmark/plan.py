@@ -372,6 +372,8 @@ def common_overrides(preset: dict, data: Path, checkpoint: Path) -> list[str]:
         f"data.root={Path(data).resolve()}",
         f"data.size={generator['size']}",
         f"federated.checkpoint={Path(checkpoint).resolve()}",
+        # Every run of a backbone trains on the same clients' clips: encoded once, next to the backbone.
+        f"data.latent_cache={Path(checkpoint).resolve().parent / 'client-latents'}",
         "federated.eval_every=0",
         # The thread count changes floating-point sums, hence the numbers: fixed per preset, so that
         # --jobs only changes scheduling (a threads= on the command line still wins).

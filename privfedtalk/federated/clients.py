@@ -3,18 +3,22 @@ client's data is loaded on its turn (latents cached in its slot, so memory stays
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
-from privfedtalk.config import Config, Sampling
+from privfedtalk.config import Config, Sampling, config_signature
 from privfedtalk.data.corpus import LoadReport, load_identity, read_split, split_heldout
 from privfedtalk.errors import MediaError, PrivFedTalkError
 from privfedtalk.federated.client import ClientData
 from privfedtalk.federated.signals import raw_data_signals
-from privfedtalk.federated.store import ClientStore
+from privfedtalk.federated.store import ClientStore, atomic_save_tensors, atomic_write_text
 from privfedtalk.model.latents import LatentClip
 from privfedtalk.privacy.noise import RandomSource
 
@@ -90,7 +94,7 @@ class ClientLoader:
             return ClientData(spec.client_id, [], [], [])
         cached = self.store.load_latents(spec.client_id)
         if cached is None or "data_signals" not in cached[1]:  # a slot cached before the data signals
-            cached = self._encode(spec)
+            cached = self._shared_or_encode(spec)
         tensors, index = cached
         train = [
             LatentClip(
@@ -99,6 +103,20 @@ class ClientLoader:
             for i, c in enumerate(index["train"])
         ]
         return ClientData(spec.client_id, spec.identities, train, index["heldout"], index["data_signals"])
+
+    def _shared_or_encode(self, spec: ClientSpec):
+        """The client's encoded clips from `data.latent_cache` if another run made them, else encoded
+        here (and left there for the next run); either way cached in the client's slot."""
+        shared = latent_cache_file(self.cfg, spec)
+        if shared is not None and shared.with_suffix(".json").is_file():
+            tensors, index = load_file(str(shared)), json.loads(shared.with_suffix(".json").read_text())
+            self.store.save_latents(spec.client_id, tensors, index)
+            return tensors, index
+        tensors, index = self._encode(spec)
+        if shared is not None:  # tensors first, index last: the index's presence means both are complete
+            atomic_save_tensors(tensors, shared)
+            atomic_write_text(json.dumps(index), shared.with_suffix(".json"))
+        return tensors, index
 
     def _encode(self, spec: ClientSpec):
         train_clips, heldout = training_clips(self.cfg, spec)
@@ -111,6 +129,28 @@ class ClientLoader:
             index["train"].append({"identity": clip.identity, "name": clip.name})
         self.store.save_latents(spec.client_id, tensors, index)
         return tensors, index
+
+
+def latent_cache_file(cfg: Config, spec: ClientSpec) -> Path | None:
+    """Where `data.latent_cache` keeps this client's encoded clips (None when it is off).
+
+    The name is a digest of everything the latents, features and data signals depend on: the client's
+    identities and kept share, the data settings, the VAE's files (size and modification time: a new
+    pretraining gives a new name), the identities' media files, and the thread count (float rounding).
+    """
+    if not cfg.data.latent_cache:
+        return None
+    vae = Path(cfg.federated.checkpoint) / "vae"
+    media = [p for identity in spec.identities for p in sorted((Path(cfg.data.root) / identity).rglob("*"))]
+    key = {
+        "client": asdict(spec) | {"client_id": None},
+        "data": config_signature(cfg)["data"] | {"latent_cache": None},
+        "vae": [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(vae.glob("*"))],
+        "media": [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in media if p.is_file()],
+        "threads": torch.get_num_threads(),
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    return Path(cfg.data.latent_cache) / f"{digest}.safetensors"
 
 
 def training_clips(cfg: Config, spec: ClientSpec) -> tuple[list, list[str]]:

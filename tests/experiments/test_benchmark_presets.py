@@ -49,4 +49,4 @@ def test_every_run_of_a_preset_has_its_fixed_thread_count(name, tmp_path):
     common = plan.common_overrides(preset, tmp_path, tmp_path)
     assert load_config("fedavg.yaml", common).threads == preset.get("run_threads", 1)
     assert load_config("fedavg.yaml", common + ["threads=3"]).threads == 3  # the command line wins
-    assert "// jobs" not in inspect.getsource(execute.start_worker)
+    assert "// jobs" not in inspect.getsource(execute.write_plan)

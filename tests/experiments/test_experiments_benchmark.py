@@ -266,3 +266,22 @@ def test_second_backbone_pretrains_once_and_runs_beside_the_first(bench):
     assert last["pretrain_s_by_backbone"][0] == 0 and last["pretrain_s_by_backbone"][1] > 0
     assert json.loads((cache / "pretrain-b1.json").read_text())["pretrain_seed"] == 1
     assert (out / "tiny" / "runs" / "fedavg" / "b1-seed0" / "eval.json").is_file()
+
+
+def test_a_failing_run_in_a_worker_stops_the_benchmark_naming_its_log(bench, tmp_path):
+    """A worker's failure comes back as one line naming the run and its log (the pool does not wait)."""
+    module, out, _ = bench
+    cache = out / "cache" / "tiny"
+    args = ARGS + [
+        "--out",
+        str(tmp_path),
+        "--jobs",
+        "2",
+        "--checkpoint",
+        str(cache / "pretrain" / "checkpoint"),
+    ]
+    args += ["--data", str(cache / "data"), f"federated.checkpoint={tmp_path / 'missing'}"]
+    with pytest.raises(SystemExit, match=r"seed0: worker failed \(.*\); full log: .*\.log") as failure:
+        module.main(args)
+    log_file = Path(str(failure.value).rsplit("full log: ", 1)[1])
+    assert "Traceback" in log_file.read_text() and "missing" in log_file.read_text()

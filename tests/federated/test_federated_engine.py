@@ -249,3 +249,33 @@ def test_adaptive_clipping_and_the_signal_diagnostic_in_a_real_round(tiny_federa
     assert first["clip_norm"] == pytest.approx(0.001) and first["next_clip_norm"] > 0.001
     assert second["clip_norm"] == pytest.approx(first["next_clip_norm"])
     assert first["noise_to_signal"] > 1 and "SIMULATION DIAGNOSTICS" in first["guarantee"]
+
+
+def test_shared_latent_cache_encodes_once_and_changes_nothing(tiny_federated_config, tmp_path, monkeypatch):
+    """data.latent_cache: a second run reads the first run's encoded clips (no VAE encode) and ends in
+    exactly the state of a run without the cache; a change the latents depend on gets another file."""
+    from privfedtalk.federated import clients
+
+    plain = tiny_federated_config(f"out_dir={tmp_path / 'plain'}")
+    simulation.train(plain)
+    shared = tmp_path / "latents"
+    first = tiny_federated_config(f"out_dir={tmp_path / 'first'}", f"data.latent_cache={shared}")
+    simulation.train(first)
+    files = sorted(shared.glob("*.safetensors"))
+    assert files and len(files) == len(list(shared.glob("*.json")))
+
+    def no_encoding(self, spec):
+        raise AssertionError(f"{spec.client_id} encoded again")
+
+    monkeypatch.setattr(clients.ClientLoader, "_encode", no_encoding)
+    second = tiny_federated_config(f"out_dir={tmp_path / 'second'}", f"data.latent_cache={shared}")
+    simulation.train(second)
+    for run in ("first", "second"):
+        torch.testing.assert_close(
+            global_state(tmp_path / run), global_state(tmp_path / "plain"), rtol=0, atol=0
+        )
+    spec = clients.register_clients(first)[0]
+    other_size = tiny_federated_config(f"data.latent_cache={shared}", "data.fps=12.5")
+    assert clients.latent_cache_file(first, spec) in files
+    assert clients.latent_cache_file(other_size, spec) not in files
+    assert clients.latent_cache_file(plain, spec) is None
