@@ -58,8 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--jobs",
         type=int,
-        help="runs trained and evaluated at once, each in its own process with the preset's "
-        "run_threads torch threads (default: the preset's jobs)",
+        help="runs trained and evaluated at once, by a pool of that many worker processes, each run with "
+        "the preset's run_threads torch threads (default: the preset's jobs)",
     )
     parser.add_argument(
         "--inception",

@@ -155,10 +155,12 @@ class RunFolder:
 
 
 def run_signature(cfg) -> str:
-    """The whole config but its folder and thread count, as sorted JSON."""
+    """The whole config but its folder, thread count and latent cache folder (where encoded clips are
+    kept changes no number), as sorted JSON."""
     from privfedtalk.config import config_signature
 
     data = config_signature(cfg)
     data.pop("out_dir", None)
     data.pop("threads", None)
+    data.get("data", {}).pop("latent_cache", None)
     return json.dumps(data, sort_keys=True)
