@@ -8,7 +8,7 @@ Every preset holds
   seeds      federated seeds of every row (main, ablation, privacy-utility); --seeds overrides;
   backbone_seeds  backbones pretrained under different seeds (default 1); every row runs its seeds on
              each, so its ± includes the backbone's variance too; --backbone-seeds overrides;
-  jobs       runs trained at once, each in its own process (default 1); --jobs overrides;
+  jobs       runs trained at once by a pool of worker processes (default 1); --jobs overrides;
   run_threads torch threads of every run (default 1), whatever --jobs is: the thread count changes
              floating-point results, so it is part of what a row measures;
   eval_clients       held-out evaluation of the first K private identities' clients (None: all);
@@ -93,7 +93,10 @@ PRESETS: dict[str, dict] = {
     #   rounding, tests/federated/test_batched_clients.py; about neutral at this size: a round of 4
     #   clients took 16-19 s either way).
     # 27 runs + 3 audits. Measured from fresh clones (2026-12-02, docs/results.md): 47 min 43 s and
-    # 49 min 18 s, over the target: pretraining 13.5-14.5 min, the runs ~33.6 min.
+    # 49 min 18 s, over the target (pretraining 13.5-14.5 min, the runs ~33.6 min); then, with each
+    # client's clips encoded once per backbone (data.latent_cache) and the runs taken by 2 persistent
+    # workers (torch imported once each): 41 min 39 s and 42 min 38 s (pretraining 14-14.6 min, the
+    # runs 26-28 min).
     "small": {
         "description": "2-core CPU: 64x64, 8 private clients whose mouths lag their audio by 2 frames, "
         "6 rounds x 4 clients x 6 local steps",
