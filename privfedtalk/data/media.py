@@ -348,7 +348,12 @@ def _fps_fraction(fps: float) -> Fraction:
 
 
 def x264_options(crf: int, threads: int) -> dict[str, str]:
-    """write_video's encoder settings. Macroblock tree off: with it the stream depends on heap state."""
+    """write_video's encoder settings.
+
+    x264's macroblock-tree rate control is off: with it, the same frames encoded twice in one process
+    gave two different streams once other allocations came between (it reads heap-dependent memory),
+    so two fresh benchmark runs synthesized different corpora.
+    """
     return {"crf": str(crf), "preset": "medium", "threads": str(threads), "x264-params": "mbtree=0"}
 
 
@@ -366,10 +371,8 @@ def write_video(
 
     Odd sizes are edge-padded to even (4:2:0 needs it) and the true size is stored in the container comment
     so read_video crops back. crf=12 keeps a 64x64 frame within ~1/255 mean error; threads=1 makes the
-    encode bit-exact across machines with different core counts. x264's macroblock-tree rate control is off:
-    with it on, the bytes of one clip depend on the process's heap state (the same frames encoded twice in
-    one process gave two different streams once other allocations came between), so a synthesized corpus
-    differed between two fresh benchmark runs.
+    encode bit-exact across machines with different core counts; x264_options says why the macroblock
+    tree is off (a synthesized corpus must be the same bytes in every run).
     """
     path = Path(path)
     frames = np.asarray(frames)

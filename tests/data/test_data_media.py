@@ -10,7 +10,6 @@ from privfedtalk.data.media import load_media, read_audio, read_video, write_vid
 from privfedtalk.errors import MediaError
 
 SR = 16000
-WITH_MBTREE = {"crf": "12", "preset": "medium", "threads": "1"}
 
 
 def _samples(num_frames: int, fps: float) -> int:
@@ -166,6 +165,8 @@ def _encode_with_heap_churn(frames: np.ndarray, options: dict[str, str], churn_s
     from privfedtalk.data.media import _rgb_to_yuv420
 
     sizes, ballast = random.Random(churn_seed), []
+    garbage = [sizes.randbytes(sizes.randint(1024, 100_000)) for _ in range(60)]
+    del garbage  # freed heap chunks with random content, where the encoder's next allocations may land
     codec = av.CodecContext.create("libx264", "w")
     codec.width, codec.height, codec.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
     codec.time_base, codec.options = Fraction(1, 25), options
@@ -179,14 +180,14 @@ def _encode_with_heap_churn(frames: np.ndarray, options: dict[str, str], churn_s
     return b"".join(bytes(p) for p in packets)
 
 
-@pytest.mark.parametrize("options, reproducible", [(x264_options(12, 1), True), (WITH_MBTREE, False)])
-def test_video_encode_does_not_depend_on_heap_state(options, reproducible):
-    """A benchmark's corpus must be byte-reproducible. With x264's macroblock tree on (the weakened setting)
-    the same frames give different streams depending on what else the process allocated; write_video turns
-    it off."""
+def test_video_encode_does_not_depend_on_heap_state():
+    """A benchmark's corpus must be byte-reproducible. With x264's macroblock tree on, the same frames gave
+    different streams depending on what else the process allocated; write_video's options must give one.
+    With the macroblock tree switched back on this test failed 4 times of 4 (alone and after the other data
+    tests); the weakened setting is not asserted here, since whether it shows depends on the heap state."""
     from privfedtalk.data import synthetic
 
     face = synthetic._make_face(0, 17, 64)
     frames, _, _ = synthetic._synth_clip(face, 0, 17, 1, 75, 25.0, 64, 0, None, 56)
-    streams = {_encode_with_heap_churn(frames, options, churn_seed) for churn_seed in range(16)}
-    assert (len(streams) == 1) is reproducible
+    streams = {_encode_with_heap_churn(frames, x264_options(12, 1), churn_seed) for churn_seed in range(16)}
+    assert len(streams) == 1
