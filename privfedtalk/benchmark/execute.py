@@ -419,13 +419,9 @@ def write_plan(run: Run, fresh: bool, spec: EvalSpec, plans: Path) -> Path:
 def submit(pool, run: Run, fresh: bool, spec: EvalSpec, plans: Path) -> tuple:
     """Queue the run on the pool; (run, pending result, log file)."""
     plan = write_plan(run, fresh, spec, plans)
-    log.info(
-        "%s: queued for a worker (%d threads; log %s)",
-        run.key,
-        int(run.cfg.threads),
-        plan.with_suffix(".log"),
-    )
-    return run, pool.apply_async(run_job, (str(plan),)), plan.with_suffix(".log")
+    log_file = plan.with_suffix(".log")  # run_job's
+    log.info("%s: queued for a worker (%d threads; log %s)", run.key, int(run.cfg.threads), log_file)
+    return run, pool.apply_async(run_job, (str(plan),)), log_file
 
 
 def collect_finished(active: list) -> None:
