@@ -377,10 +377,11 @@ def run_in_parallel(runs: list[Run], jobs: int, fresh: bool, spec: EvalSpec, run
 
     plans = runs_dir / ".jobs"
     plans.mkdir(parents=True, exist_ok=True)
-    # A finished, evaluated run (or a finished audit) needs no worker.
-    pending = [run for run in runs if fresh or not is_done(run, spec)]
-    for run in runs:
-        if run not in pending:
+    pending = []
+    for run in runs:  # a finished, evaluated run (or a finished audit) needs no worker
+        if fresh or not is_done(run, spec):
+            pending.append(run)
+        else:
             run.status = "reused"
     if not pending:
         return

@@ -80,11 +80,9 @@ class SequentialBackend:
         return group
 
     def _train_group(self, group: list, instructions, global_state, round_index: int) -> list:
-        """One client with `LocalTrainer.run`; several at once with `run_many` (federated.client_batch)."""
+        """The group's clients trained together (federated.client_batch; a group of one is `run`)."""
         seeds = [client_seed(self.seed, round_index, spec.client_id) for spec, _ in group]
         data = [d for _, d in group]
-        if len(data) == 1:
-            return [self.trainer.run(data[0], global_state, round_index, seeds[0], instructions)]
         return self.trainer.run_many(data, global_state, round_index, seeds, instructions)
 
     # -- agreeing on the round ----------------------------------------------------------------------

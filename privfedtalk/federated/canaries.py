@@ -138,17 +138,14 @@ class CanaryTrainer:
         return update, LocalReport(math.nan, math.nan, float(delta.norm()), 0.0, 0.0)
 
     def run_many(self, clients, global_shared, round_index, seeds, instructions) -> list:
-        """A group of clients (federated.client_batch > 1): canaries answer here, the real clients train
+        """A group of clients (federated.client_batch): canaries answer here, the real clients train
         together in the real trainer (a canary has no clips to batch)."""
         results = [None] * len(clients)
         real = [i for i, client in enumerate(clients) if not is_canary(client.client_id)]
         for i, client in enumerate(clients):
             if is_canary(client.client_id):
                 results[i] = self.run(client, global_shared, round_index, seeds[i], instructions)
-        if len(real) == 1:
-            (i,) = real
-            results[i] = self.inner.run(clients[i], global_shared, round_index, seeds[i], instructions)
-        elif real:
+        if real:
             group = [clients[i] for i in real]
             trained = self.inner.run_many(
                 group, global_shared, round_index, [seeds[i] for i in real], instructions

@@ -211,7 +211,10 @@ class LocalTrainer:
         instructions: Instructions,
     ) -> list:
         """`run` for several clients at once (grouped U-Net passes): one (ClientUpdate, LocalReport)
-        per client, equal to `run`'s up to float rounding (federated/batched.py)."""
+        per client, equal to `run`'s up to float rounding (federated/batched.py). A group of one is
+        `run` itself."""
+        if len(clients) == 1:
+            return [self.run(clients[0], global_shared, round_index, seeds[0], instructions)]
         return batched.run_group(self, clients, global_shared, round_index, seeds, instructions)
 
     def reliability_signals(self, client: ClientData, generator: torch.Generator) -> dict[str, float]:
