@@ -93,23 +93,20 @@ def evaluate_clips(
     rows, silent_rows, swapped_rows = [], [], []
     real_features, fake_features = [], []
     for index, clip in enumerate(clips):
-        generated = model.generate(clip.frames[0], clip.features, seed=seed, **generate_kwargs)
+        drives = [clip.features]
+        if controls and clip.truth is not None:
+            drives.append(clip_features(clip, np.zeros_like(clip.audio), model.spec))
+            if len(clips) > 1:
+                other = clips[(index + 1) % len(clips)].audio
+                drives.append(clip_features(clip, np.resize(other, clip.audio.shape), model.spec))
+        # One sampling pass for the clip and its controls (same reference and seed).
+        generated, *controlled = model.generate_many(clip.frames[0], drives, seed=seed, **generate_kwargs)
         rows.append(score_clip(generated, clip, encoder))
         real_features.append(identity_features(encoder, clip.frames))
         fake_features.append(identity_features(encoder, generated))
-        if controls and clip.truth is not None:
-            silence = np.zeros_like(clip.audio)
-            gen_silent = model.generate(
-                clip.frames[0], clip_features(clip, silence, model.spec), seed=seed, **generate_kwargs
-            )
-            silent_rows.append(score_clip(gen_silent, clip, encoder))
-            if len(clips) > 1:
-                other = clips[(index + 1) % len(clips)].audio
-                other = np.resize(other, clip.audio.shape)  # tile or cut to this clip's length
-                gen_swapped = model.generate(
-                    clip.frames[0], clip_features(clip, other, model.spec), seed=seed, **generate_kwargs
-                )
-                swapped_rows.append(score_clip(gen_swapped, clip, encoder))
+        for video, scored in zip(controlled, (silent_rows, swapped_rows)):
+            # silence drives the first control; another clip's audio (tiled or cut) the second
+            scored.append(score_clip(video, clip, encoder))
         if progress is not None:
             progress()
     result = mean_scores(rows)

@@ -372,20 +372,29 @@ class TalkingHeadGenerator(nn.Module):
         so parts the model leaves unchanged keep the reference's exact pixels instead of the
         VAE's reconstruction error.
         """
+        return self.generate_many(reference_frame, [audio_features], seed, anchor, **kwargs)[0]
+
+    def generate_many(
+        self, reference_frame, drives: list, seed: int = 0, anchor: bool | None = None, **kwargs
+    ) -> list[np.ndarray]:
+        """One reference frame driven by several feature sequences (each (frames, tokens, n_mels)) in
+        one sampling pass; the same videos as `generate` on each with this seed, since every frame
+        starts from the same seeded noise and is denoised on its own (batch composition only)."""
         reference_frame = np.asarray(reference_frame)
         reference = self.encode_frames(reference_frame[None])[0]
-        features = torch.as_tensor(np.asarray(audio_features), dtype=torch.float32)
+        features = torch.cat([torch.as_tensor(np.asarray(d), dtype=torch.float32) for d in drives])
         generator = torch.Generator().manual_seed(seed)
         # Half precision at inference on CUDA (the denoiser dominates); fp32 on CPU.
         half = torch.autocast("cuda", dtype=torch.float16, enabled=self.device.type == "cuda")
         with half:
             latents = self.sample(reference, features, generator, **kwargs)
         decoded = self.decode_latents(latents)
-        if not (self.spec.anchor_decode if anchor is None else anchor):
-            return decoded
-        base = self.decode_latents(reference[None])[0].astype(np.int16)
-        change = decoded.astype(np.int16) - base
-        return np.clip(reference_frame.astype(np.int16)[None] + change, 0, 255).astype(np.uint8)
+        if self.spec.anchor_decode if anchor is None else anchor:
+            base = self.decode_latents(reference[None])[0].astype(np.int16)
+            change = decoded.astype(np.int16) - base
+            decoded = np.clip(reference_frame.astype(np.int16)[None] + change, 0, 255).astype(np.uint8)
+        ends = np.cumsum([len(d) for d in drives])[:-1]
+        return np.split(decoded, ends)
 
 
 def load_pretrained(model_class, folder, what: str):

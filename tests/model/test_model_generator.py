@@ -125,12 +125,34 @@ def test_both_audio_controls_get_the_same_sampler_settings(tiny_checkpoint, tiny
     class Recording:
         spec = model.spec
 
-        def generate(self, *args, **kwargs):
-            calls.append(kwargs)
-            return model.generate(*args, **kwargs)
+        def generate_many(self, reference, drives, **kwargs):
+            calls.append((len(drives), kwargs))
+            return model.generate_many(reference, drives, **kwargs)
 
     clips = load_eval_clips(tiny_corpus, None, model.spec, max_clips=2)
     result = evaluate_clips(Recording(), encoder, clips, steps=2, anchor=False)
     assert "control_other_audio_sync_corr" in result and "control_silence_sync_corr" in result
-    assert len(calls) == 3 * len(clips)  # clip, silence, other audio per clip
-    assert all(call.get("steps") == 2 and call.get("anchor") is False for call in calls)
+    assert [n for n, _ in calls] == [3] * len(clips)  # clip, silence, other audio: one pass per clip
+    assert all(kw.get("steps") == 2 and kw.get("anchor") is False for _, kw in calls)
+
+
+@pytest.mark.parametrize("anchor", [True, False])
+def test_generating_several_drives_at_once_equals_one_generation_each(tiny_checkpoint, tiny_corpus, anchor):
+    """evaluate_clips samples a clip and its two controls in one pass; each video must be the one
+    `generate` gives for that audio alone (same seed), or the controls would not be controls."""
+    from privfedtalk.evaluate import clip_features, load_eval_clips
+    from privfedtalk.model.generator import TalkingHeadGenerator
+
+    model = TalkingHeadGenerator.from_pretrained(tiny_checkpoint)
+    first, second = load_eval_clips(tiny_corpus, None, model.spec, max_clips=2)
+    drives = [
+        first.features,
+        clip_features(first, np.zeros_like(first.audio), model.spec),
+        second.features[:5],  # another length: the split must follow each drive's frames
+    ]
+    together = model.generate_many(first.frames[0], drives, seed=3, steps=2, anchor=anchor)
+    alone = [model.generate(first.frames[0], d, seed=3, steps=2, anchor=anchor) for d in drives]
+    assert [v.shape for v in together] == [v.shape for v in alone]
+    for joint, single in zip(together, alone):
+        assert np.abs(joint.astype(int) - single.astype(int)).max() <= 1  # uint8 rounding only
+    assert not np.array_equal(together[0], together[1])  # the drives really differ
