@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -178,6 +179,7 @@ def pretrain(cfg) -> Path:
     writer.add_images("pretrain/sample", torch.as_tensor(sample).permute(0, 3, 1, 2), 0)
     writer.close()
     timings["total_s"] = time.perf_counter() - started
+    (out / "timings.json").write_text(json.dumps({k: round(v, 1) for k, v in timings.items()}, indent=2))
     log.info(
         "pretrained on %d public clips in %.0f s (final diffusion loss %.4f, peak memory %.0f MiB) -> %s",
         len(clips),
