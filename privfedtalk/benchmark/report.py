@@ -30,6 +30,7 @@ from privfedtalk.benchmark.stats import (
 )
 from privfedtalk.benchmark.systems import machine
 from privfedtalk.federated.store import atomic_write_text, read_jsonl
+from privfedtalk.figures import pyplot, save_figure
 
 FD_LABEL = "FD (identity-encoder features; not FID)"
 FID_LABEL = "FID (Inception, --inception FILE)"
@@ -63,13 +64,6 @@ BOUND_METRICS = ("sync_corr", "mouth_psnr")
 
 
 # ------------------------------------------------------------------------------------ the numbers
-
-
-def save_figure(fig, path) -> None:
-    """Every figure of the report: tight layout, 120 dpi, closed after writing."""
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    pyplot().close(fig)
 
 
 def run_values(row: Row, run: Run) -> dict:
@@ -800,16 +794,6 @@ def write_tex(path: Path, table: dict, preset: str) -> None:
 
 
 # ------------------------------------------------------------------------------------ the figures
-
-
-def pyplot():
-    """matplotlib's pyplot on the file-only backend (no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def plot_convergence(path: Path, rows: list[Row]) -> None:
