@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The [flower] extra (flwr + Ray) only for the tests: `make demo` does not wait for it.
+FLOWER_STAMP := $(VENV)/.installed-flower
 # A CPU build of torch is installed only where the venv has no torch yet; GPU users who
 # pre-install a CUDA torch into .venv keep it (pyproject asks only torch>=2.4).
 TORCH_SPEC ?= torch==2.13.0
@@ -19,10 +21,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev,faces]"
 	touch $(STAMP)
 
+$(FLOWER_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e ".[flower]"
+	touch $(FLOWER_STAMP)
+
 demo: $(STAMP)
 	$(PY) -m privfedtalk.cli demo --out $(DEMO_OUT)
 
-test: $(STAMP)
+test: $(FLOWER_STAMP)
 	$(PY) -m pytest
 
 lint: $(STAMP)

@@ -1,4 +1,5 @@
-"""`privfedtalk` command line: synth, prepare, pretrain, train, audit, export, generate, evaluate, demo."""
+"""`privfedtalk` command line: synth, prepare, pretrain, train, flower-sim, audit, export, generate, evaluate,
+demo."""
 
 from __future__ import annotations
 
@@ -68,6 +69,17 @@ def cmd_train(args) -> None:
         run_dir = train(resume=args.resume)
     else:
         run_dir = train(load_config(args.config, args.overrides))
+    log.info("run folder: %s (metrics.jsonl, tensorboard/, clients/)", run_dir)
+
+
+def cmd_flower_sim(args) -> None:
+    from privfedtalk.config import load_config
+    from privfedtalk.federated.flower import require_flower
+
+    require_flower()
+    from privfedtalk.federated.flower.server_app import run_flower_simulation
+
+    run_dir = run_flower_simulation(load_config(args.config, args.overrides), args.clients)
     log.info("run folder: %s (metrics.jsonl, tensorboard/, clients/)", run_dir)
 
 
@@ -301,6 +313,18 @@ def _add_training(sub) -> None:
     p.add_argument("overrides", nargs="*", help="key=value overrides")
     p.add_argument("--resume", help="continue RUN_DIR from its last completed round")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "flower-sim",
+        help="federated training with each client a Flower ClientApp in Flower's simulation engine "
+        '(needs pip install -e ".[flower]")',
+    )
+    p.add_argument("config", nargs="?", help="YAML config, or a shipped one (as for train)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    p.add_argument(
+        "--clients", type=int, default=None, help="SuperNodes: the first N registered clients (default: all)"
+    )
+    p.set_defaults(func=cmd_flower_sim)
 
     p = sub.add_parser(
         "audit", help="train with canary clients and estimate ε empirically next to the accountant's"

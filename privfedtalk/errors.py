@@ -26,3 +26,13 @@ class ConfigError(PrivFedTalkError):
 
 class PrivacyError(PrivFedTalkError):
     """A privacy mechanism cannot run as configured (e.g. too many dropouts to unmask)."""
+
+
+class MissingExtraError(PrivFedTalkError):
+    """An optional dependency is not installed; the message names the extra that brings it."""
+
+    def __init__(self, package: str, extra: str, feature: str):
+        super().__init__(
+            f'{feature} needs {package}, which is not installed: pip install -e ".[{extra}]" '
+            f'(or pip install "privfedtalk[{extra}]")'
+        )

@@ -1,9 +1,11 @@
 """Backends: where a round's clients train and how their vectors are summed.
 
-`run_round` asks a backend to train the sampled clients, to agree on the roster, to gather reports,
-and to sum vectors (securely or plainly); it never asks which backend it has. `SequentialBackend`
-runs every client in this process; `parallel.DistributedBackend` shards them over torch.distributed
-processes; a Flower backend implements the same methods over Flower messages.
+`run_round` asks a backend to train the sampled clients, to have each client check and privatize its
+update (`refusals`, `privatize`: client-side steps, so a backend whose clients live elsewhere keeps the
+raw update there), to agree on the roster, to gather reports, and to sum vectors (securely or
+plainly); it never asks which backend it has. `SequentialBackend` runs every client in this process;
+`parallel.DistributedBackend` shards them over torch.distributed processes; `flower.backend.FlowerBackend`
+implements the same methods over Flower messages.
 """
 
 from __future__ import annotations
@@ -84,6 +86,23 @@ class SequentialBackend:
         seeds = [client_seed(self.seed, round_index, spec.client_id) for spec, _ in group]
         data = [d for _, d in group]
         return self.trainer.run_many(data, global_state, round_index, seeds, instructions)
+
+    # -- the client side of the privacy step -------------------------------------------------------
+    def refusals(self, local: dict[str, LocalResult], privacy) -> dict[str, str]:
+        """Why a client withholds its update, by id (each client checks its own, before any key is drawn)."""
+        return {c: why for c, r in local.items() if (why := privacy.refusal(r.update))}
+
+    def privatize(
+        self, privacy, strategy, updates: dict[str, ClientUpdate], roster_size: int, round_index: int
+    ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        """(weights, vectors): each client's weight and its clipped, weighted, noised vector.
+
+        Here the clients' updates are in this process, so both are computed here; a backend whose clients
+        live elsewhere (Flower) has each client compute its own vector and keep it until the sum.
+        """
+        weights = privacy.weights(strategy, [u.report for u in updates.values()], self)
+        vectors = {c: privacy.privatize(u, weights[c], roster_size, round_index) for c, u in updates.items()}
+        return weights, vectors
 
     # -- agreeing on the round ----------------------------------------------------------------------
     def _in_sampled_order(self, client_ids) -> list:

@@ -78,13 +78,12 @@ def run_round(fed: Federation, round_index: int) -> dict:
     instructions = fed.strategy.configure_round(round_index)
     local = fed.backend.train(sampled, instructions, fed.global_state, round_index)
     # A client whose update fails the checks withholds it; the roster is every client that sends.
-    refused = {c: why for c, r in local.items() if (why := privacy.refusal(r.update))}
+    refused = fed.backend.refusals(local, privacy)
     roster = fed.backend.roster([c for c in local if c not in refused])
     updates = {c: local[c].update for c in roster if c in local}
     # 3. Weights: capped on each client under DP, normalised by the server otherwise.
-    weights = privacy.weights(fed.strategy, [u.report for u in updates.values()], fed.backend)
-    # 4. Each client clips, weights and noises its update; the raw deltas end here.
-    vectors = {c: privacy.privatize(u, weights[c], len(roster), round_index) for c, u in updates.items()}
+    # 4. Each client clips, weights and noises its update; the raw deltas end here (on the client).
+    weights, vectors = fed.backend.privatize(privacy, fed.strategy, updates, len(roster), round_index)
     # 5. The server sums (masked), decodes and applies the strategy's step; the release is charged.
     dropped = simulated_dropouts(roster, cfg.privacy.dropout_rate, cfg.seed, round_index)
     if fed.backend.is_server and privacy.observer is not None:
@@ -182,6 +181,7 @@ def train(
     trainer_factory: Callable | None = None,
     on_release: Callable | None = None,
     on_client_done: Callable | None = None,
+    backend_factory: Callable | None = None,
 ) -> Path:
     """Run (or resume) a federated training; returns the run folder.
 
@@ -189,13 +189,17 @@ def train(
       clients: the registered clients (default: `register_clients(cfg)`, one per private identity);
       trainer_factory(cfg, model, encoder, store): a trainer with `LocalTrainer.run`'s signature;
       on_release(round_index, release, roster): after each round's release, with what the server decoded;
-      on_client_done(round_index, client_id): after each client's local training (e.g. a simulated kill).
+      on_client_done(round_index, client_id): after each client's local training (e.g. a simulated kill);
+      backend_factory(loader, trainer, seed, on_client_done): the backend that runs the clients
+        (default: SequentialBackend; flower/backend.py's FlowerBackend sends them Flower messages).
     Under torchrun / accelerate launch (WORLD_SIZE > 1) every process calls this and trains its share.
     """
     group = parallel.init_from_env()
     try:
         folder, cfg = open_run_folder(cfg, resume, group is None or group.is_server)
-        fed = build_federation(cfg, folder, group, clients, trainer_factory, on_release, on_client_done)
+        fed = build_federation(
+            cfg, folder, group, clients, trainer_factory, on_release, on_client_done, backend_factory
+        )
         start = restore(fed) if resume is not None and folder.exists() else 0
         log_plan(fed)
         run_rounds(fed, start)
@@ -225,7 +229,9 @@ def open_run_folder(cfg: Config | None, resume: str | None, is_server: bool) -> 
     return folder, cfg
 
 
-def build_federation(cfg, folder, group, clients, trainer_factory, on_release, on_client_done) -> Federation:
+def build_federation(
+    cfg, folder, group, clients, trainer_factory, on_release, on_client_done, backend_factory=None
+) -> Federation:
     setup_torch(cfg.threads if group is None else group.threads(cfg.threads))
     device = resolve_device(cfg.device)
     if group is not None:
@@ -236,10 +242,12 @@ def build_federation(cfg, folder, group, clients, trainer_factory, on_release, o
     specs = list(clients) if clients is not None else register_clients(cfg)
     trainer = (trainer_factory or LocalTrainer)(cfg, model, encoder, store)
     loader = ClientLoader(cfg, model, store)
-    if group is None:
-        backend = SequentialBackend(loader, trainer, cfg.seed, on_client_done)
-    else:
+    if group is not None:
+        if backend_factory is not None:
+            raise PrivFedTalkError("a custom backend runs in one process: unset WORLD_SIZE (no torchrun)")
         backend = parallel.DistributedBackend(group, loader, trainer, cfg.seed, on_client_done)
+    else:
+        backend = (backend_factory or SequentialBackend)(loader, trainer, cfg.seed, on_client_done)
     initial = get_flat(trainer.shared)
     privacy = PrivacyMechanism(cfg, [s.client_id for s in specs], len(initial))
     return Federation(

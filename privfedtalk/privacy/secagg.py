@@ -188,6 +188,22 @@ class UnmaskingShares:
     self_mask_shares: Mapping[ClientId, ShamirShare]
 
 
+@dataclass(frozen=True)
+class ClientSecrets:
+    """What a SecAggClient keeps between two protocol messages: its seeds, the roster it accepted, the
+    shares it holds and what it has revealed about each peer.
+
+    For a client process that does not live through the round (a Flower ClientApp keeps it in its
+    node's local state). Client-side storage only: with the two seeds anyone strips this client's masks.
+    """
+
+    pairwise_key_seed: bytes
+    self_mask_seed: bytes
+    roster: Roster | None = None
+    held_shares: tuple[PeerShares, ...] = ()
+    revealed: Mapping[ClientId, str] = field(default_factory=dict)
+
+
 # --------------------------------------------------------------------------------------------- parties
 
 
@@ -203,21 +219,35 @@ class SecAggClient:
         threshold: int,
         fixed_point: FixedPoint,
         random_bytes: RandomBytes = os.urandom,
+        secrets: ClientSecrets | None = None,
     ):
+        """`secrets`: continue a client saved with `secrets()` (same round) instead of drawing new seeds."""
         self.client_id = client_id
         self._vector = np.asarray(vector)
         self._round_id = round_id
         self._threshold = threshold
         self._fixed_point = fixed_point
         self._random_bytes = random_bytes
+        if secrets is None:
+            secrets = ClientSecrets(random_bytes(_SEED_BYTES), random_bytes(_SEED_BYTES))
         # The 32 random bytes are the key's seed; sharing them lets the server rebuild the key on dropout.
-        self._pairwise_key_seed = random_bytes(_SEED_BYTES)
+        self._pairwise_key_seed = secrets.pairwise_key_seed
         self._pairwise_key = X25519PrivateKey.from_private_bytes(self._pairwise_key_seed)
-        self._self_mask_seed = random_bytes(_SEED_BYTES)
-        self._roster: Roster | None = None
-        self._held_shares: dict[ClientId, PeerShares] = {}
+        self._self_mask_seed = secrets.self_mask_seed
+        self._roster: Roster | None = secrets.roster
+        self._held_shares: dict[ClientId, PeerShares] = {s.sender: s for s in secrets.held_shares}
         # What this client has revealed about each peer ("pairwise" or "self"): never both.
-        self._revealed: dict[ClientId, str] = {}
+        self._revealed: dict[ClientId, str] = dict(secrets.revealed)
+
+    def secrets(self) -> ClientSecrets:
+        """This client's state between two messages (see ClientSecrets: it never leaves the client)."""
+        return ClientSecrets(
+            self._pairwise_key_seed,
+            self._self_mask_seed,
+            self._roster,
+            tuple(self._held_shares.values()),
+            dict(self._revealed),
+        )
 
     @property
     def size(self) -> int:
