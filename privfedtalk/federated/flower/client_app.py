@@ -167,7 +167,13 @@ def restore_secagg(context: Context, client_id: str) -> tuple[SecAggClient, byte
     secrets, channel_key, peer_channel_keys = wire.secrets_from(
         wire.config(context.state, "secagg"), client_id
     )
-    client = SecAggClient(
+    return secagg_client(context, client_id, plan, secrets), channel_key, peer_channel_keys
+
+
+def secagg_client(context: Context, client_id: str, plan, secrets=None) -> SecAggClient:
+    """privacy/secagg.py's client over this node's privatized vector, for the round's plan; `secrets`
+    restore the one an earlier message of the round created (none: fresh keys from OS entropy)."""
+    return SecAggClient(
         client_id,
         wire.array_of(context.state, "vector"),
         round_id=int(plan["round"]),
@@ -175,7 +181,6 @@ def restore_secagg(context: Context, client_id: str) -> tuple[SecAggClient, byte
         fixed_point=wire.fixed_point_from(plan),
         secrets=secrets,
     )
-    return client, channel_key, peer_channel_keys
 
 
 def save_secagg(context: Context, client: SecAggClient, channel_key: bytes, peer_channel_keys: dict) -> None:
@@ -188,13 +193,7 @@ def advertise_keys(side: ClientSide, client_id: str, message: Message, context: 
     if int(wire.config(context.state, "vector_info")["round"]) != int(plan["round"]):
         raise PrivacyError(f"{client_id}: secure sum for round {plan['round']} without its vector")
     context.state["secagg_plan"] = ConfigRecord(plan)
-    client = SecAggClient(
-        client_id,
-        wire.array_of(context.state, "vector"),
-        round_id=int(plan["round"]),
-        threshold=int(plan["threshold"]),
-        fixed_point=wire.fixed_point_from(plan),
-    )
+    client = secagg_client(context, client_id, plan)
     channel_key, channel_public = wire.new_channel_key()
     save_secagg(context, client, channel_key, {})
     keys = {"mask_key": client.advertise_keys().public_key, "channel_key": channel_public}
