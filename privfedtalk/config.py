@@ -225,6 +225,9 @@ class FederatedConfig:
     signal_windows: int = 4  # windows the model-based signals are computed on
     eval_every: int = 5
     eval_clips: int = 4  # held-out clips scored at each evaluation (0: none)
+    # Flower backend: seconds the server waits for the nodes' replies to one message (0: no limit);
+    # a node that has not answered by then is left out of the round, like a dropout.
+    reply_timeout_s: float = 0.0
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     shared: AdapterConfig = field(default_factory=AdapterConfig)
     identity: AdapterConfig = field(default_factory=_identity_adapter)
@@ -379,6 +382,9 @@ def _validate_federated(fed) -> None:
             "backbone per client; use client_batch=1)",
         )
     _require(fed.lr >= 0, "federated.lr", fed.lr, "use >= 0")
+    _require(
+        fed.reply_timeout_s >= 0, "federated.reply_timeout_s", fed.reply_timeout_s, "use >= 0 (0: no limit)"
+    )
     _require(fed.server_lr >= 0, "federated.server_lr", fed.server_lr, "use >= 0 (0: local-only baseline)")
     _require(0 <= fed.server_momentum < 1, "federated.server_momentum", fed.server_momentum, "use [0, 1)")
     _require(0 <= fed.server_beta2 < 1, "federated.server_beta2", fed.server_beta2, "use [0, 1)")

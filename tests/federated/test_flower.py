@@ -258,3 +258,40 @@ def test_a_dp_round_over_flower_keeps_counts_on_the_clients_and_matches(four_cli
     for content in trained:
         assert set(content["outcome"]) == {"refusal"}
         assert set(content["diagnostics"]) == {"train_seconds", "swap_seconds"}
+
+
+class SilentNodeGrid(InProcessGrid):
+    """From the first `after` message on, one node stops answering: Flower's grid then returns at the
+    timeout without its reply."""
+
+    def __init__(self, client_app, num_nodes: int, silent_node: int, after: str):
+        super().__init__(client_app, num_nodes)
+        self.silent_node, self.after = silent_node, after
+        self.gone = False
+        self.timeouts: list = []
+
+    def send_and_receive(self, messages, *, timeout=None):
+        self.timeouts.append(timeout)
+        self.gone |= any(m.metadata.message_type == self.after for m in messages)
+        kept = [m for m in messages if not (self.gone and m.metadata.dst_node_id == self.silent_node)]
+        return self.pull_messages(self.push_messages(kept))
+
+
+def test_a_node_that_stops_answering_is_a_dropout_not_a_stall(four_client_config):
+    """federated.reply_timeout_s reaches Flower's grid; a client gone silent after sharing its keys is
+    recovered like any dropout (its masks from the others' shares) and the round completes."""
+    cfg = four_client_config(
+        "flower_silent",
+        "privacy.secure_aggregation=true",
+        f"privacy.clip_norm={CLIP}",
+        "federated.reply_timeout_s=30",
+        "federated.rounds=1",
+    )
+    RunFolder(cfg.out_dir).path.mkdir(parents=True, exist_ok=True)
+    app = build_client_app(str(RunFolder(cfg.out_dir).config_file))
+    grid = SilentNodeGrid(app, CLIENTS, silent_node=1000, after=wire.MASKED_INPUT)
+    run_federation(grid, cfg)
+    (record,) = RunFolder(cfg.out_dir).records()
+    assert record["survivors"] == CLIENTS - 1 and "skipped" not in record
+    assert torch.isfinite(global_state(RunFolder(cfg.out_dir).path)).all()
+    assert set(grid.timeouts) == {30.0}

@@ -82,8 +82,11 @@ class FlowerBackend:
 
     is_server = True
 
-    def __init__(self, grid, privacy_cfg, loader, trainer, seed: int, on_client_done=None):
+    def __init__(
+        self, grid, privacy_cfg, loader, trainer, seed: int, on_client_done=None, reply_timeout: float = 0.0
+    ):
         self.grid = grid
+        self.reply_timeout = reply_timeout  # seconds per message exchange; 0: wait for every node
         self.loader = loader
         self.trainer = trainer
         self.seed = seed
@@ -125,13 +128,22 @@ class FlowerBackend:
             Message(content, dst_node_id=node, message_type=message_type, group_id=group)
             for node, content in contents.items()
         ]
-        replies = {}
-        for reply in self.grid.send_and_receive(messages):
+        replies, answered = {}, set()
+        for reply in self.grid.send_and_receive(messages, timeout=self.reply_timeout or None):
             node = reply.metadata.src_node_id
+            answered.add(node)
             if reply.has_error():
                 log.warning("flower: node %s failed %s: %s", node, message_type, reply.error.reason)
                 continue
             replies[node] = reply.content
+        silent = sorted(set(contents) - answered)
+        if silent:
+            log.warning(
+                "flower: nodes %s did not answer %s within %.0f s: left out (federated.reply_timeout_s)",
+                silent[:8],
+                message_type,
+                self.reply_timeout,
+            )
         return replies
 
     # -- local training ------------------------------------------------------------------------------

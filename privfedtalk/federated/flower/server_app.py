@@ -26,7 +26,9 @@ from privfedtalk.federated.flower.client_app import build_client_app
 
 def run_federation(grid: Grid, cfg: Config, clients=None, on_release=None) -> Path:
     """The whole run (rounds, checkpoints, metrics) with the clients behind `grid`."""
-    backend_factory = functools.partial(FlowerBackend, grid, cfg.privacy)
+    backend_factory = functools.partial(
+        FlowerBackend, grid, cfg.privacy, reply_timeout=cfg.federated.reply_timeout_s
+    )
     return simulation.train(cfg, clients=clients, on_release=on_release, backend_factory=backend_factory)
 
 
