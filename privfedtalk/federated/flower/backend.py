@@ -34,7 +34,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
 
 from privfedtalk.errors import ConfigError, PrivacyError, PrivFedTalkError
-from privfedtalk.federated.backend import LocalResult
+from privfedtalk.federated.backend import LocalResult, SequentialBackend
 from privfedtalk.federated.client import LocalReport
 from privfedtalk.federated.flower import wire
 from privfedtalk.federated.strategy import ClientReport
@@ -72,33 +72,27 @@ class RemoteUpdate:
         return dict(self._report.signals) if self._report is not None else {}
 
 
-class FlowerBackend:
+class FlowerBackend(SequentialBackend):
     """Every sampled client trains and privatizes on its own node; sums are computed here (the server).
 
     `grid`: the ServerApp's flwr Grid; `privacy_cfg`: the run's privacy settings. `loader` is unused
     here (clients load their own data); `trainer` is the server's idle LocalTrainer (its shared
-    parameters hold the global state for evaluation).
+    parameters hold the global state for evaluation). Agreeing on the round (roster and reports in
+    sampled order, no per-process statistics) is SequentialBackend's: the server is one process.
     """
-
-    is_server = True
 
     def __init__(
         self, grid, privacy_cfg, loader, trainer, seed: int, on_client_done=None, reply_timeout: float = 0.0
     ):
+        super().__init__(loader, trainer, seed, on_client_done)
         self.grid = grid
         self.reply_timeout = reply_timeout  # seconds per message exchange; 0: wait for every node
-        self.loader = loader
-        self.trainer = trainer
-        self.seed = seed
-        self.on_client_done = on_client_done
         if privacy_cfg.log_signal_norm:
             raise ConfigError(
                 "privacy.log_signal_norm=true needs each client's noise-free vector on the server; the "
                 "Flower backend keeps vectors on the clients: unset it (or use `privfedtalk train`)"
             )
         self._nodes: dict[str, int] | None = None
-        self._order: dict[str, int] = {}
-        self._roster_size = 0
 
     # -- messages ----------------------------------------------------------------------------------
     def nodes(self) -> dict[str, int]:
@@ -147,9 +141,6 @@ class FlowerBackend:
         return replies
 
     # -- local training ------------------------------------------------------------------------------
-    def clients_here(self, sampled: list) -> list:
-        return sampled
-
     def train(self, sampled: list, instructions, global_state, round_index: int) -> dict[str, LocalResult]:
         """Broadcast the global state and instructions; each client trains on its node and keeps its delta."""
         self._order = {spec.client_id: i for i, spec in enumerate(sampled)}
@@ -200,7 +191,6 @@ class FlowerBackend:
         """
         reports = [] if privacy.privacy.dp else [u.report for u in updates.values()]
         weights = privacy.weights(strategy, reports, self) if reports else {}
-        self._roster_size = roster_size
         contents = {}
         for client_id in updates:
             record = {"round": round_index, "roster_size": roster_size}
@@ -211,19 +201,6 @@ class FlowerBackend:
             contents[client_id] = RecordDict({"privatize": ConfigRecord(record)})
         replies = self.exchange(wire.PRIVATIZE, contents, round_index)
         return weights, {c: None for c in updates if c in replies}
-
-    # -- agreeing on the round ---------------------------------------------------------------------------
-    def roster(self, accepted: list[str]) -> list[str]:
-        return sorted(accepted, key=lambda c: self._order[c])
-
-    def gather_reports(self, reports: list) -> list:
-        return sorted(reports, key=lambda r: self._order[r.client_id])
-
-    def merge(self, mapping: dict) -> dict:
-        return dict(mapping)
-
-    def rank_stats(self, seconds: float, peak_mb: float) -> dict:
-        return {}
 
     # -- sums ---------------------------------------------------------------------------------------
     def plain_sum(self, vectors: dict, survivors: list[str], size: int) -> np.ndarray:
@@ -258,9 +235,6 @@ class FlowerBackend:
         """Each survivor promotes the identity adapter it staged (in its own slot; nothing travels)."""
         if client_ids:
             self.exchange(wire.COMMIT, {c: RecordDict() for c in client_ids}, -1)
-
-    def barrier(self) -> None:
-        pass
 
 
 class SecureSumOverFlower:
