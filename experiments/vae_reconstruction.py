@@ -14,23 +14,16 @@ import json
 import numpy as np
 
 
-def heldout_clips(data: str, spec, count: int) -> list:
-    from privfedtalk.data.corpus import split_heldout
-    from privfedtalk.evaluate import load_eval_clips
-
-    by_identity: dict[str, list] = {}
-    for clip in load_eval_clips(data, None, spec):
-        by_identity.setdefault(clip.identity, []).append(clip)
-    return [c for clips in by_identity.values() for c in split_heldout(clips, 1)[1]][:count]
-
-
 def reconstruction_scores(checkpoint: str, data: str, count: int) -> dict:
+    from privfedtalk.config import load_config
+    from privfedtalk.federated.clients import heldout_clips, register_clients
     from privfedtalk.metrics import mouth_opening, psnr
     from privfedtalk.model.generator import TalkingHeadGenerator
 
     model = TalkingHeadGenerator.from_pretrained(checkpoint)
+    cfg = load_config(None, [f"data.root={data}", f"data.size={model.spec.size}"])
     correlations, psnrs, peaks = [], [], []
-    for clip in heldout_clips(data, model.spec, count):
+    for clip in heldout_clips(cfg, register_clients(cfg))[:count]:
         reconstructed = model.decode_latents(model.encode_frames(clip.frames))
         psnrs.append(psnr(reconstructed, clip.frames))
         if clip.truth is None or "mouth_box" not in clip.truth:
