@@ -15,6 +15,7 @@ import numpy as np
 from privfedtalk.data.audio import frame_audio_features
 from privfedtalk.metrics import (
     crop_box,
+    flicker,
     frechet_distance,
     lip_sync_scores,
     mouth_opening,
@@ -47,6 +48,9 @@ def score_clip(generated: np.ndarray, clip, encoder) -> dict:
         "psnr": psnr(generated, clip.frames),
         "ssim": ssim(generated, clip.frames),
         "jitter": temporal_jitter(generated, clip.frames),
+        # The generated video's own frame-to-frame change (no ground truth): what independent
+        # per-frame sampling noise raises and a temporally consistent model keeps low.
+        "flicker": flicker(generated),
         "id_sim": identity_similarity(encoder, generated, clip.frames[0]),
     }
     if clip.truth is not None and "mouth_box" in clip.truth:

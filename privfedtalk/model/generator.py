@@ -18,8 +18,18 @@ from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditi
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from privfedtalk.config import Choice
 from privfedtalk.errors import PrivFedTalkError
 from privfedtalk.model.tdc import tdc_loss
+
+
+class FrameNoise(Choice):
+    """The initial noise of DDIM sampling across a video's frames."""
+
+    shared = "shared"  # one draw for every frame: frames differ only where the audio asks them to
+    # one draw per frame: frames also differ by their noise, so the video flickers unless the model
+    # has learnt to keep consecutive frames consistent (what TDC trains for)
+    independent = "independent"
 
 
 @dataclass
@@ -331,24 +341,37 @@ class TalkingHeadGenerator(nn.Module):
         steps: int | None = None,
         guidance_scale: float | None = None,
         batch_size: int = 64,
+        frame_noise: FrameNoise | str = FrameNoise.shared,
     ) -> torch.Tensor:
-        """DDIM sampling of one latent per audio frame from one reference latent (C, h, w).
+        """DDIM sampling of one latent per audio frame (frames, tokens, n_mels) from one reference
+        latent (C, h, w); returns (frames, C, h, w).
 
-        The same initial noise is used for every frame, so frames differ only where the audio
-        asks them to, which keeps the video from flickering.
+        frame_noise "shared" (default): the same initial noise for every frame, so frames differ only
+        where the audio asks them to, which keeps the video from flickering. "independent": each frame
+        draws its own noise (all drawn up front, so batch_size does not change them): the sampler the
+        benchmark's flicker rows use to show what temporal consistency the model itself has learnt.
         """
+        try:
+            frame_noise = FrameNoise(frame_noise)
+        except ValueError:
+            choices = ", ".join(f.value for f in FrameNoise)
+            raise PrivFedTalkError(f"frame_noise={frame_noise!r}: choose one of {choices}") from None
         steps = steps or self.spec.sample_steps
         guidance = self.spec.guidance_scale if guidance_scale is None else guidance_scale
         ddim = DDIMScheduler.from_config(self.scheduler.config)
         ddim.set_timesteps(steps)
         device = self.device
         frames = audio_features.shape[0]
-        shared = torch.randn((1,) + tuple(reference.shape), generator=generator)
+        draws = 1 if frame_noise is FrameNoise.shared else frames
+        initial = torch.randn((draws,) + tuple(reference.shape), generator=generator)
         outputs = []
         for start in range(0, frames, batch_size):
             audio = audio_features[start : start + batch_size].to(device)
             n = audio.shape[0]
-            latent = shared.expand(n, -1, -1, -1).clone().to(device)
+            if frame_noise is FrameNoise.shared:
+                latent = initial.expand(n, -1, -1, -1).clone().to(device)
+            else:
+                latent = initial[start : start + n].clone().to(device)
             ref = reference.unsqueeze(0).expand(n, -1, -1, -1).to(device)
             for t in ddim.timesteps:
                 t_batch = torch.full((n,), int(t), device=device, dtype=torch.long)
@@ -379,7 +402,9 @@ class TalkingHeadGenerator(nn.Module):
     ) -> list[np.ndarray]:
         """One reference frame driven by several feature sequences (each (frames, tokens, n_mels)) in
         one sampling pass; the same videos as `generate` on each with this seed, since every frame
-        starts from the same seeded noise and is denoised on its own (batch composition only)."""
+        starts from the same seeded noise and is denoised on its own (batch composition only).
+        With frame_noise="independent" the drives' frames draw their noise in turn from one seeded
+        generator: the first drive's video is `generate`'s, the others' start from other noise."""
         reference_frame = np.asarray(reference_frame)
         reference = self.encode_frames(reference_frame[None])[0]
         features = torch.cat([torch.as_tensor(np.asarray(d), dtype=torch.float32) for d in drives])

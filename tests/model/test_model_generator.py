@@ -156,3 +156,56 @@ def test_generating_several_drives_at_once_equals_one_generation_each(tiny_check
     for joint, single in zip(together, alone):
         assert np.abs(joint.astype(int) - single.astype(int)).max() <= 1  # uint8 rounding only
     assert not np.array_equal(together[0], together[1])  # the drives really differ
+
+
+def _todays_shared_noise_sampling(model, reference, features, seed: int, steps: int) -> torch.Tensor:
+    """The sampler as it was before frame_noise existed: one noise draw expanded to every frame."""
+    from diffusers import DDIMScheduler
+
+    assert model.spec.guidance_scale == 1.0  # the tiny backbone samples without guidance
+    ddim = DDIMScheduler.from_config(model.scheduler.config)
+    ddim.set_timesteps(steps)
+    generator = torch.Generator().manual_seed(seed)
+    shared = torch.randn((1,) + tuple(reference.shape), generator=generator)
+    n = features.shape[0]
+    latent = shared.expand(n, -1, -1, -1).clone()
+    ref = reference.unsqueeze(0).expand(n, -1, -1, -1)
+    with torch.no_grad():
+        for t in ddim.timesteps:
+            out = model.denoise(latent, torch.full((n,), int(t), dtype=torch.long), ref, features)
+            latent = ddim.step(out, t, latent).prev_sample
+    return latent
+
+
+def test_shared_frame_noise_is_todays_sampler_and_independent_noise_flickers(tiny_checkpoint, tiny_corpus):
+    """frame_noise="shared" (the default) must sample exactly as before; "independent" gives every frame
+    its own noise, so frames driven by identical audio differ where shared noise keeps them equal."""
+    from privfedtalk.errors import PrivFedTalkError
+    from privfedtalk.evaluate import load_eval_clips
+    from privfedtalk.metrics import flicker
+
+    model = TalkingHeadGenerator.from_pretrained(tiny_checkpoint)
+    (clip,) = load_eval_clips(tiny_corpus, None, model.spec, max_clips=1)
+    reference = model.encode_frames(clip.frames[:1])[0]
+    features = torch.as_tensor(clip.features[:10], dtype=torch.float32)
+    expected = _todays_shared_noise_sampling(model, reference, features, seed=4, steps=2)
+
+    def sample(**kwargs):
+        return model.sample(reference, features, torch.Generator().manual_seed(4), steps=2, **kwargs)
+
+    assert torch.equal(sample(), expected) and torch.equal(sample(frame_noise="shared"), expected)
+    independent = sample(frame_noise="independent")
+    assert independent.shape == expected.shape and not torch.allclose(independent, expected)
+    # Drawn up front: how the frames are batched changes an independent sample by float rounding only.
+    assert torch.allclose(sample(frame_noise="independent", batch_size=3), independent, atol=1e-4)
+
+    # One audio window repeated: with shared noise every frame is the same picture, with independent
+    # noise they are not (the flicker the benchmark's flicker rows measure).
+    still = np.repeat(clip.features[:1], 6, axis=0)
+    shared_video = model.generate(clip.frames[0], still, seed=4, steps=2)
+    independent_video = model.generate(clip.frames[0], still, seed=4, steps=2, frame_noise="independent")
+    assert np.abs(shared_video.astype(int) - shared_video[:1].astype(int)).max() <= 1  # rounding only
+    assert np.abs(independent_video.astype(int) - independent_video[:1].astype(int)).max() > 10
+    assert flicker(independent_video) > 10 * flicker(shared_video) + 1e-3
+    with pytest.raises(PrivFedTalkError, match="frame_noise"):
+        sample(frame_noise="per-frame")
