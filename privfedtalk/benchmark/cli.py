@@ -1,13 +1,15 @@
 """The method tables: every row on the same corpus, backbone, budget and held-out clips.
 
     .venv/bin/python experiments/run_benchmark.py --preset small                 # = make run-benchmark
+    .venv/bin/python experiments/run_benchmark.py --preset robust    # = make run-benchmark PRESET=robust
     .venv/bin/python experiments/run_benchmark.py --preset tiny --out /tmp/bench --only fedavg threads=1
     .venv/bin/python experiments/run_benchmark.py --preset small \\
         --checkpoint demo_out/pretrain/checkpoint --data demo_out/data          # reuse the demo's backbone
 
 1. corpus + backbone, cached under OUT/cache/PRESET/ (or --checkpoint DIR --data DIR); with
    --backbone-seeds K (or the preset's backbone_seeds) K backbones pretrained under K seeds, backbone
-   b >= 1 in OUT/cache/PRESET/pretrain-bB/;
+   b >= 1 in OUT/cache/PRESET/pretrain-bB/; a scenario preset (robust) also synthesizes each corrupted
+   scenario's corpus into OUT/cache/PRESET/data-SCENARIO/ (one backbone, pretrained on the clean one);
 2. one federated run per row, seed and backbone under OUT/PRESET/runs/ROW/seedS (backbone 0) or
    ROW/bB-seedS (backbone B >= 1); a run whose folder already holds the same config, all its rounds
    and an eval.json is reused (--fresh reruns the selected rows);
@@ -15,7 +17,8 @@
    held-out clips of the first `eval_clients` private identities -> eval.json;
 4. systems columns from metrics.jsonl (upload per client-round, median round time, peak memory, ε);
 5. OUT/PRESET/: table.{md,csv,json,tex}, convergence.png, privacy_utility.png, qualitative.png,
-   samples/ROW.mp4 and README.md.
+   samples/ROW.mp4 and README.md (a scenario preset: the robust and flicker tables in table.md,
+   table.json and README.md).
 Trailing key=value arguments override every run's config (e.g. threads=1 device=cpu); a row's own
 method keys and the seed take precedence over them.
 """
@@ -28,7 +31,13 @@ import sys
 import time
 from pathlib import Path
 
-from privfedtalk.benchmark.execute import ClipCache, corpus_and_backbone, execute, setup_logging
+from privfedtalk.benchmark.execute import (
+    ClipCache,
+    corpus_and_backbone,
+    execute,
+    scenario_corpora,
+    setup_logging,
+)
 from privfedtalk.benchmark.plan import backbone_count, plan_benchmark, row_names
 from privfedtalk.benchmark.presets import PRESETS
 from privfedtalk.benchmark.report import write_report
@@ -112,7 +121,8 @@ def main(argv=None) -> dict:
     out_dir = args.out / args.preset
     out_dir.mkdir(parents=True, exist_ok=True)
     data, checkpoints = corpus_and_backbone(args, preset, times, backbone_count(preset, args))
-    bench = plan_benchmark(args.preset, preset, data, checkpoints, args, out_dir / "runs")
+    roots = scenario_corpora(args, preset, data, times) if preset.get("scenarios") else None
+    bench = plan_benchmark(args.preset, preset, data, checkpoints, args, out_dir / "runs", roots)
     cache = ClipCache()
     execute(bench, args.fresh, args.jobs or int(preset.get("jobs", 1)), cache, times)
     table = write_report(out_dir, bench, args, cache, times, started)

@@ -3,6 +3,7 @@ already holds the result, serially or `jobs` at a time in worker processes."""
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -137,6 +138,39 @@ def prepare_backbone(
     return data, checkpoints
 
 
+def scenario_corpora(args, preset: dict, data: Path, times: dict) -> dict[str, Path]:
+    """{scenario name: corpus} of a scenario preset: the clean one is `data`; each corrupted scenario's
+    is synthesized once into OUT/cache/PRESET/data-NAME/ from the preset's synth settings (cached with
+    them: meta.json refuses the whole cache when they change). Only the chosen private clients'
+    training clips differ from the clean corpus, so every scenario shares the clean corpus's backbone
+    and held-out clips. Adds the seconds spent to times["synth_s"]."""
+    from privfedtalk.benchmark.plan import scenarios
+    from privfedtalk.data.corpus import read_split
+
+    cache = args.out / "cache" / args.preset
+    private = read_split(data)["private"]
+    roots = {}
+    for scenario in scenarios(preset):
+        if scenario.corruption is None:
+            roots[scenario.name] = Path(data)
+            continue
+        root = cache / f"data-{scenario.name}"
+        if not (root / "split.json").is_file():  # written last: its presence means the corpus is whole
+            from privfedtalk.data.synthetic import synthesize_corpus
+
+            t0 = time.perf_counter()
+            log.info("corpus %s: synthesizing %s", scenario.name, scenario.synth(preset))
+            synthesize_corpus(root, **scenario.synth(preset))
+            times["synth_s"] = times.get("synth_s", 0.0) + time.perf_counter() - t0
+        if read_split(root)["private"] != private:
+            raise SystemExit(
+                f"{root}: its private identities are not those of {data} (the corpus given with --data "
+                f"was not made with preset {args.preset!r}'s synth settings); drop --data/--checkpoint"
+            )
+        roots[scenario.name] = root
+    return roots
+
+
 def corpus_and_backbone(args, preset: dict, times: dict, backbones: int = 1) -> tuple[Path, list[Path]]:
     """(corpus, checkpoints): the ones given with --data/--checkpoint (one backbone), else the preset's
     cached ones (`backbones` of them)."""
@@ -217,22 +251,30 @@ class ClipCache:
     def __init__(self):
         self.clips = {}
 
-    def heldout(self, cfg, identity: str) -> list:
+    def heldout(self, cfg, identity: str, root: str | None = None) -> list:
+        """The identity's held-out clips with cfg's data settings, from `root` (default cfg.data.root)."""
         from privfedtalk.federated.clients import ClientSpec, heldout_clips
 
-        key = (cfg.data.root, identity, cfg.data.size, cfg.data.heldout_clips)
+        root = str(root or cfg.data.root)
+        key = (root, identity, cfg.data.size, cfg.data.heldout_clips)
         if key not in self.clips:
+            if root != str(cfg.data.root):
+                cfg = copy.deepcopy(cfg)
+                cfg.data.root = root
             self.clips[key] = heldout_clips(cfg, [ClientSpec(identity, [identity])])
         return self.clips[key]
 
 
 def evaluate_run(cfg, run_dir: Path, spec: EvalSpec, cache: ClipCache) -> dict:
-    """privfedtalk.evaluate.evaluate_personalized on the spec's identities; the first clip's frames are
-    kept in eval_sample.npz for the qualitative figure and the sample videos."""
+    """privfedtalk.evaluate.evaluate_personalized on the spec's identities (held-out clips from
+    spec.heldout_root, else the run's corpus); the first clip's frames are kept in eval_sample.npz for
+    the qualitative figure and the sample videos."""
     from privfedtalk.evaluate import evaluate_personalized
 
-    heldout = {identity: cache.heldout(cfg, identity) for identity in spec.identities}
+    heldout = {identity: cache.heldout(cfg, identity, spec.heldout_root) for identity in spec.identities}
     kwargs = {"steps": int(spec.steps)} if spec.steps else {}
+    if spec.frame_noise != "shared":  # the default stays out of the call, as before the option existed
+        kwargs["frame_noise"] = spec.frame_noise
     result = evaluate_personalized(
         run_dir, spec.identities, heldout=heldout, seed=cfg.seed, inception=spec.inception, **kwargs
     )
@@ -244,6 +286,7 @@ def evaluate_run(cfg, run_dir: Path, spec: EvalSpec, cache: ClipCache) -> dict:
 
 def saved_eval(run: Run, spec: EvalSpec) -> dict | None:
     """The run's eval.json if it was made with these evaluation settings (and its sample exists)."""
+    spec = spec.for_run(run)
     run_dir = Path(run.cfg.out_dir)
     eval_file = run_dir / "eval.json"
     if not (eval_file.is_file() and (run_dir / "eval_sample.npz").is_file()):
@@ -253,7 +296,9 @@ def saved_eval(run: Run, spec: EvalSpec) -> dict | None:
 
 
 def ensure_evaluated(run: Run, spec: EvalSpec, cache: ClipCache) -> None:
-    """Evaluate the run unless its eval.json already holds these settings' scores."""
+    """Evaluate the run unless its eval.json already holds these settings' scores (the spec with the
+    run's own evaluation fields, Run.evaluation)."""
+    spec = spec.for_run(run)
     run_dir = Path(run.cfg.out_dir)
     saved = saved_eval(run, spec)
     if saved is not None:
@@ -409,7 +454,7 @@ def write_plan(run: Run, fresh: bool, spec: EvalSpec, plans: Path) -> Path:
         "config": str(config_file),
         "overrides": [f"threads={threads}"],
         "fresh": fresh,
-        "eval": asdict(spec),
+        "eval": asdict(spec.for_run(run)),
         "canaries": run.canaries,
     }
     plan.write_text(json.dumps(job))

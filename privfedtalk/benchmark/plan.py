@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -28,12 +29,13 @@ class Run:
     records: list = field(default_factory=list)
     canaries: int = 0  # > 0: an audit run (privfedtalk.federated.canaries.audit_run), not evaluated
     audit: dict | None = None  # its audit.json
+    evaluation: dict = field(default_factory=dict)  # EvalSpec fields this run evaluates with instead
 
 
 @dataclass
 class Row:
     name: str  # what --only takes
-    table: str  # main | ablation | privacy
+    table: str  # main | ablation | privacy | cohort | robust | flicker
     label: str
     config_file: str
     overrides: list[str]
@@ -44,6 +46,11 @@ class Row:
     cohort: int | None = None  # cohort rows: clients per round m
     audit: Run | None = None  # privacy rows: the canary audit of the row's seed-0 config
     curve: str = ""  # cohort rows: the curve it belongs to (privfedtalk | fedavg | local-only | a variant)
+    scenario: str = ""  # robust and flicker rows: the corpus scenario (Scenario.name) it trains on
+    method: str = ""  # robust and flicker rows: the method's key in SCENARIO_METHODS
+    # EvalSpec fields the row's runs are evaluated with instead of the benchmark's (flicker rows:
+    # {"frame_noise": "independent"}); runs of rows that differ here are separate runs.
+    evaluation: dict = field(default_factory=dict)
 
     def first_run(self) -> Run:
         """The run on backbone 0 at the row's first seed (the one figures and samples show)."""
@@ -69,8 +76,14 @@ class EvalSpec:
     identities: list
     steps: int | None = None
     inception: str | None = None  # local TorchScript Inception file; None: FID is "n/a"
+    # The corpus the held-out clips are read from; None: each run's own data.root. Scenario presets
+    # name the clean corpus: every scenario's held-out clips are its clean clips, byte for byte.
+    heldout_root: str | None = None
+    frame_noise: str = "shared"  # TalkingHeadGenerator.sample's initial noise across frames
 
     def settings(self, seed: int) -> dict:
+        """The evaluation's cache key in eval.json: a run evaluated otherwise is evaluated again.
+        Fields at their defaults are left out, so that older eval.json files stay valid."""
         out = {
             "identities": self.identities,
             "sample_steps": self.steps,
@@ -79,7 +92,15 @@ class EvalSpec:
         }
         if self.inception:
             out["inception"] = self.inception
+        if self.heldout_root:
+            out["heldout_root"] = self.heldout_root
+        if self.frame_noise != "shared":
+            out["frame_noise"] = self.frame_noise
         return out
+
+    def for_run(self, run: Run) -> EvalSpec:
+        """This spec with the run's own evaluation fields (Run.evaluation) in place."""
+        return dataclasses.replace(self, **run.evaluation) if run.evaluation else self
 
 
 @dataclass
@@ -284,15 +305,113 @@ def cohort_rows(preset: dict, seeds: int) -> list[Row]:
     return rows + cohort_variant_rows(largest, target, variant_seeds)
 
 
-def row_definitions(preset: dict, seeds: int, budget: dict, private_identities: int) -> list[Row]:
+@dataclass(frozen=True)
+class Scenario:
+    """One corpus of a scenario preset: the clean corpus, or it with `fraction` of the private
+    clients' training clips damaged by `corruption` (privfedtalk.data.synthetic.Corruption)."""
+
+    corruption: str | None = None
+    fraction: float = 0.0
+
+    @property
+    def name(self) -> str:
+        """The scenario's name in row names and corpus folders: clean, or kind-percent (audio_shift-25)."""
+        return "clean" if self.corruption is None else f"{self.corruption}-{round(100 * self.fraction)}"
+
+    @property
+    def label(self) -> str:
+        return "clean" if self.corruption is None else f"{self.corruption} {round(100 * self.fraction)} %"
+
+    def synth(self, preset: dict) -> dict:
+        """synthesize_corpus's keyword arguments for this scenario's corpus."""
+        if self.corruption is None:
+            return dict(preset["synth"])
+        return {**preset["synth"], "corruption": self.corruption, "corrupt_fraction": self.fraction}
+
+
+def scenarios(preset: dict) -> list[Scenario]:
+    """The clean corpus first, then every kind of preset["scenarios"]["kinds"] at every fraction."""
+    from privfedtalk.data.synthetic import Corruption
+    from privfedtalk.errors import ConfigError
+
+    spec = preset["scenarios"]
+    choices = [kind.value for kind in Corruption]
+    unknown = [kind for kind in spec["kinds"] if kind not in choices]
+    if unknown:  # fails here, before any corpus is synthesized
+        raise ConfigError(f"preset scenarios: unknown corruption kinds {unknown} (choose from {choices})")
+    kinds = [Corruption(kind).value for kind in spec["kinds"]]
+    return [Scenario()] + [Scenario(kind, float(f)) for kind in kinds for f in spec["fractions"]]
+
+
+# The methods every scenario runs: (key, label, config file, method keys). The threshold baseline's
+# threshold is pinned in its row (not left to config.py's default) so its label stays true.
+SCENARIO_METHODS = [
+    ("fedavg", "FedAvg", "fedavg.yaml", []),
+    ("fedprox", "FedProx (mu=0.01)", "fedprox.yaml", ["federated.mu=0.01"]),
+    ("isfa", "ISFA", "fedavg.yaml", ["federated.method=isfa"]),
+    ("isfa-tdc", "ISFA + TDC (λ=0.1)", "fedavg.yaml", ISFA_TDC),
+    (
+        "threshold",
+        "ISFA threshold (s ≥ 0.95)",
+        "fedavg.yaml",
+        ["federated.method=isfa_threshold", "federated.signal_threshold=0.95"],
+    ),
+]
+# The flicker rows: ISFA without and with TDC on the clean corpus, sampled with independent noise per
+# frame (TalkingHeadGenerator.sample's frame_noise), which shows flicker that shared noise hides.
+FLICKER_METHODS = ("isfa", "isfa-tdc")
+FLICKER_EVALUATION = {"frame_noise": "independent"}
+
+
+def scenario_rows(preset: dict, seeds: int, roots: dict | None = None) -> list[Row]:
+    """Every method of SCENARIO_METHODS on every scenario's corpus, then (preset flicker_rows) the
+    flicker rows. roots: {scenario name: corpus folder}; a corrupted scenario's rows train on theirs
+    (data.root, after the common keys, so it wins); clean rows keep the common data.root. Without
+    roots (listing row names) the folders are placeholders."""
+    every = list(range(seeds))
+    methods = {key: (label, config, keys) for key, label, config, keys in SCENARIO_METHODS}
+    rows = []
+    for scenario in scenarios(preset):
+        root = (roots or {}).get(scenario.name, f"data-{scenario.name}")
+        corpus = [] if scenario.corruption is None else [f"data.root={Path(root).resolve()}"]
+        for key, (label, config, keys) in methods.items():
+            name = f"{scenario.name}-{key}"
+            row = Row(name, "robust", label, config, keys + corpus, every, scenario=scenario.name, method=key)
+            rows.append(row)
+    if preset.get("flicker_rows"):
+        for key in FLICKER_METHODS:
+            label, config, keys = methods[key]
+            rows.append(
+                Row(
+                    f"flicker-{key}",
+                    "flicker",
+                    f"{label}, independent frame noise",
+                    config,
+                    keys,
+                    every,
+                    scenario="clean",
+                    method=key,
+                    evaluation=dict(FLICKER_EVALUATION),
+                    note="the clean row's training, evaluated with independent initial noise per frame",
+                )
+            )
+    return rows
+
+
+def row_definitions(
+    preset: dict, seeds: int, budget: dict, private_identities: int, scenario_roots: dict | None = None
+) -> list[Row]:
     """Every row of the three tables, each on seeds 0..seeds-1; budget = the resolved clients_per_round
     and local_steps.
 
     A preset with `cohorts` plans the cohort sweep alone (cohort_rows): its budget is spent on the
-    utility-vs-cohort curve, not on the main, ablation and privacy tables.
+    utility-vs-cohort curve, not on the main, ablation and privacy tables. A preset with `scenarios`
+    plans the robustness table alone (scenario_rows; scenario_roots: each scenario's corpus).
     """
     if preset.get("cohorts"):
         return cohort_rows(preset, seeds)
+    if preset.get("scenarios"):
+        return scenario_rows(preset, seeds, scenario_roots)
     target = float(preset["target_epsilon"])
     every = list(range(seeds))
     ablations = ablation_rows(target, every)
@@ -323,17 +442,19 @@ def plan_runs(
     from privfedtalk.config import load_config
 
     runs: dict[str, Run] = {}
-    by_signature: dict[str, Run] = {}
+    by_signature: dict[tuple, Run] = {}
     for row in rows:
         for seed in row.seeds:
             # Command-line overrides (threads=1, device=...) apply to every row; the row's method keys
             # and the seed come last, so that rows keep differing only in those.
             cfg = load_config(row.config_file, common + cli_overrides + row.overrides + [f"seed={seed}"])
-            sig = run_signature(cfg)
+            # Rows evaluated otherwise get runs of their own: a run folder holds one eval.json.
+            sig = (run_signature(cfg), json.dumps(row.evaluation, sort_keys=True))
             if sig not in by_signature:
                 key = run_key(row.name, backbone, seed)
                 cfg.out_dir = str(runs_dir / key)
-                by_signature[sig] = runs[key] = Run(key, cfg, backbone=backbone)
+                run = Run(key, cfg, backbone=backbone, evaluation=dict(row.evaluation))
+                by_signature[sig] = runs[key] = run
             row.runs[run_label(backbone, seed)] = by_signature[sig]
     return runs
 
@@ -387,10 +508,18 @@ def backbone_count(preset: dict, args) -> int:
 
 
 def plan_benchmark(
-    preset_name: str, preset: dict, data: Path, checkpoints: list[Path], args, runs_dir: Path
+    preset_name: str,
+    preset: dict,
+    data: Path,
+    checkpoints: list[Path],
+    args,
+    runs_dir: Path,
+    scenario_roots: dict | None = None,
 ) -> Benchmark:
     """Rows, runs and evaluation of this invocation (args: overrides, seeds, only, inception); every row
-    runs each of its seeds on each backbone of `checkpoints` (index = backbone)."""
+    runs each of its seeds on each backbone of `checkpoints` (index = backbone). A scenario preset
+    needs scenario_roots ({scenario name: corpus}, execute.scenario_corpora); its runs are evaluated
+    on the held-out clips of `data`, the clean corpus."""
     from privfedtalk.config import load_config
     from privfedtalk.data.corpus import read_split
 
@@ -405,14 +534,17 @@ def plan_benchmark(
         "batch_windows": int(base.federated.batch_windows),
     }
     seeds = args.seeds or int(preset["seeds"])
-    rows = row_definitions(preset, seeds, budget, len(split["private"]))
+    if preset.get("scenarios") and scenario_roots is None:
+        raise ValueError(f"preset {preset_name!r} has scenarios: plan_benchmark needs their corpora")
+    rows = row_definitions(preset, seeds, budget, len(split["private"]), scenario_roots)
     for backbone, checkpoint in enumerate(checkpoints):
         plan_runs(rows, common_overrides(preset, data, checkpoint), args.overrides, runs_dir, backbone)
     selected = [r for r in rows if not args.only or r.name in args.only]
     runs = list({id(run): run for row in selected for run in row.runs.values()}.values())
     identities = list(split["private"][: preset["eval_clients"] or None])
     inception = str(args.inception.resolve()) if args.inception else None
-    spec = EvalSpec(identities, preset["eval_sample_steps"], inception)
+    heldout_root = str(Path(data).resolve()) if preset.get("scenarios") else None
+    spec = EvalSpec(identities, preset["eval_sample_steps"], inception, heldout_root)
     audits = plan_audits(selected, int(preset.get("audit_canaries") or 0), runs_dir)
     return Benchmark(
         preset_name,

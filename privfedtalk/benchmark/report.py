@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from privfedtalk.benchmark.plan import COHORT_CURVES, Benchmark, Row, Run, folder_name
+from privfedtalk.benchmark.plan import scenarios as plan_scenarios
 from privfedtalk.benchmark.stats import (
     ALPHA,
     BETTER,
@@ -59,6 +60,10 @@ TABLES = {
     "privacy": "Privacy-utility (privfedtalk, {runs})",
 }
 KEY_METRICS = ("psnr", "mouth_psnr", "sync_corr", "id_sim")
+# The generated video's own frame-to-frame change (privfedtalk.metrics.flicker); only the robust and
+# flicker tables show it (lower: steadier video, though a still picture would score 0).
+FLICKER = ("flicker", "flicker", -1, 4)
+METRIC = {m[0]: m for m in QUALITY + [FLICKER]}  # key -> (key, label, direction, decimals)
 # Where centralized must not fall below FedAvg, nor FedAvg below local-only, for the table to make sense.
 BOUND_METRICS = ("sync_corr", "mouth_psnr")
 
@@ -190,7 +195,7 @@ def comparison_entry(row: dict, ref: dict, metric: tuple) -> dict | None:
 
 def entry_numbers(entry: dict) -> str:
     """'row a ± sa (n=…) vs reference b ± sb (n=…)', in the metric's decimals."""
-    decimals = {key: d for key, _, _, d in QUALITY}[entry["metric"]]
+    decimals = METRIC[entry["metric"]][3]
 
     def side(name: str, mean: float, std: float | None, n: int) -> str:
         spread = "" if std is None else f" ± {std:.{decimals}f}"
@@ -236,7 +241,9 @@ def stated_pairs(table: dict) -> list[tuple[dict, dict, list]]:
     """Every (row, reference, metrics) the reading states a verdict on: PrivFedTalk against each
     baseline on every quality metric; on the key metrics FedAvg against local-only, FedProx and
     centralized against FedAvg, each ablation against adapters-only, the ε=∞ privacy point against
-    FedAvg and each noise level against the ε=∞ point."""
+    FedAvg and each noise level against the ε=∞ point; in the robust table every method against FedAvg
+    in its scenario on the scenario's attacked metrics, and in the flicker table ISFA + TDC against
+    ISFA (robust_pairs)."""
     main = {s["row"]: s for s in table["main"]}
     key_metrics = [m for m in QUALITY if m[0] in KEY_METRICS]
     pairs = [
@@ -257,7 +264,7 @@ def stated_pairs(table: dict) -> list[tuple[dict, dict, list]]:
         if "fedavg" in main:
             pairs.append((no_noise, main["fedavg"], key_metrics))
         pairs += [(row, no_noise, key_metrics) for row in privacy if row is not no_noise]
-    return pairs
+    return pairs + robust_pairs(table)
 
 
 def compare(table: dict) -> list[dict]:
@@ -414,6 +421,340 @@ def plot_cohort(path: Path, summaries: list[dict]) -> None:
     ax.set_title("Utility vs cohort size at fixed ε (mean ± std over seeds)")
     ax.legend(fontsize=7)
     save_figure(fig, path)
+
+
+# ------------------------------------------------------------------- the robust and flicker tables
+
+ROBUST_COLUMNS = [m for m in QUALITY if m[0] in ("psnr", "mouth_psnr", "sync_corr", "id_sim", "jitter")]
+ROBUST_COLUMNS.append(FLICKER)
+# What each corruption damages, so what its verdict is on: an audio shift breaks lip-sync timing, another
+# identity the likeness, temporal jitter and flicker the motion. On the clean corpus: all three (what a
+# robust method may cost when nothing is wrong).
+ATTACKED = {
+    None: ("sync_corr", "id_sim", "jitter"),
+    "audio_shift": ("sync_corr",),
+    "identity": ("id_sim",),
+    "occlusion": ("id_sim",),
+    "temporal": ("jitter",),
+}
+FLICKER_METRICS = ("jitter", "flicker", "sync_corr")
+# Per-client groups' (weight, ISFA score) in the robust table, from metrics.jsonl (runs without DP).
+CLIENT_KEYS = ("weight_corrupted", "weight_clean", "score_corrupted", "score_clean")
+
+
+def corrupted_clients(cfg) -> set[str]:
+    """The run's clients that own an identity whose training clips its corpus corrupted (split.json)."""
+    from privfedtalk.federated.clients import register_clients
+
+    split = json.loads((Path(cfg.data.root) / "split.json").read_text())
+    corrupted = set((split.get("corruption") or {}).get("identities", {}))
+    return {c.client_id for c in register_clients(cfg) if corrupted & set(c.identities)}
+
+
+def client_groups(records: list[dict], corrupted: set[str], alpha: float) -> dict:
+    """Mean over the run's client-rounds of the corrupted and of the clean clients' aggregation weight,
+    times the clients in that round (1: an equal share, FedAvg's with equal data), and ISFA score
+    s = α·identity + (1 − α)·temporal of the signals they sent (None where no such client-round)."""
+    from privfedtalk.federated import aggregation, signals
+
+    weights = {True: [], False: []}
+    scores = {True: [], False: []}
+    for record in records:
+        round_weights = record.get("weights") or {}
+        for client, weight in round_weights.items():
+            weights[client in corrupted].append(weight * len(round_weights))
+        for client, sent in (record.get("signals") or {}).items():
+            if signals.IDENTITY in sent and signals.TEMPORAL in sent:
+                score = aggregation.reliability_score(sent[signals.IDENTITY], sent[signals.TEMPORAL], alpha)
+                scores[client in corrupted].append(score)
+
+    def mean(values):
+        return float(np.mean(values)) if values else None
+
+    return {
+        "weight_corrupted": mean(weights[True]),
+        "weight_clean": mean(weights[False]),
+        "score_corrupted": mean(scores[True]),
+        "score_clean": mean(scores[False]),
+    }
+
+
+def clip_means(per_clip: list[dict], keep, keys) -> dict | None:
+    """Mean of each of `keys` over the evaluated clips whose client satisfies `keep` (None: no such clip)."""
+    rows = [r for r in per_clip if keep(r.get("client"))]
+    if not rows:
+        return None
+    return {key: float(np.mean([r[key] for r in rows if r.get(key) is not None] or [np.nan])) for key in keys}
+
+
+def summarize_robust(row: Row, scenario) -> dict:
+    """summarize(row) scored on the scenario's clean clients only, with flicker; the scenario
+    (plan.Scenario), its attacked metrics, the corrupted clients' own scores of them, and the corrupted
+    vs clean clients' mean weight and ISFA score (CLIENT_KEYS; mean over the row's runs).
+
+    A corrupted client's own personalized model carries its corruption in its identity adapter, which no
+    aggregation rule reaches; what aggregation decides is how much the corrupted updates spoil the
+    shared adapter for everyone else. So the columns and verdicts are the clean clients' (the same
+    clients in every method of a scenario; all clients on the clean corpus)."""
+    out = summarize(row)
+    keys = [key for key, *_ in ROBUST_COLUMNS]
+    per_group, own = [], []
+    for label, run in row.runs.items():
+        corrupted = corrupted_clients(run.cfg) if run.cfg is not None else set()
+        per_clip = run.eval.get("per_clip") or []
+        clean = clip_means(per_clip, lambda client: client not in corrupted, keys)
+        values = out["per_seed"][label]
+        values.update(clean or {"flicker": run.eval["metrics"].get("flicker")})
+        bad = clip_means(per_clip, lambda client: client in corrupted, keys)
+        if bad is not None:
+            own.append(bad)
+        if run.cfg is not None and run.records:
+            per_group.append(client_groups(run.records, corrupted, float(run.cfg.federated.isfa_alpha)))
+    for key in keys:
+        out["mean"][key], out["std"][key] = mean_and_std([v.get(key) for v in out["per_seed"].values()])
+    attacked = list(FLICKER_METRICS if row.table == "flicker" else ATTACKED[scenario.corruption])
+    out.update(
+        scenario=scenario.name,
+        scenario_label=scenario.label,
+        corruption=scenario.corruption,
+        fraction=scenario.fraction,
+        method=row.method,
+        evaluation=dict(row.evaluation),
+        attacked=attacked,
+        scored_on="clean clients" if scenario.corruption else "all clients",
+        corrupted_own={key: float(np.mean([o[key] for o in own])) for key in attacked} if own else None,
+        clients={key: mean_and_std([g[key] for g in per_group])[0] for key in CLIENT_KEYS},
+    )
+    return out
+
+
+def robust_pairs(table: dict) -> list[tuple[dict, dict, list]]:
+    """(row, reference, metrics) of the robust table (every method against FedAvg in its scenario, on
+    the scenario's attacked metrics) and of the flicker table (ISFA + TDC against ISFA)."""
+    pairs = []
+    robust = table.get("robust") or []
+    for scenario in dict.fromkeys(s["scenario"] for s in robust):
+        rows = [s for s in robust if s["scenario"] == scenario]
+        reference = next((s for s in rows if s["method"] == "fedavg"), None)
+        if reference is None:
+            continue
+        pairs += [(s, reference, [METRIC[key] for key in s["attacked"]]) for s in rows if s is not reference]
+    flicker = {s["method"]: s for s in table.get("flicker") or []}
+    if "isfa" in flicker and "isfa-tdc" in flicker:
+        tdc = flicker["isfa-tdc"]
+        pairs.append((tdc, flicker["isfa"], [METRIC[key] for key in tdc["attacked"]]))
+    return pairs
+
+
+def verdict_cell(summary: dict, reference: str, verdicts: dict) -> str:
+    """'sync corr better (Holm p 0.01)' per attacked metric, or '—' where nothing was compared."""
+    parts = []
+    for key in summary["attacked"]:
+        entry = verdicts.get((summary["row"], reference, key))
+        if entry is not None:
+            parts.append(f"{entry['label']}: {verdict_mark(entry)}")
+    return "; ".join(parts) or "—"
+
+
+def pair_cell(summary: dict, first: str, second: str, decimals: int = 2) -> str:
+    a, b = (summary["clients"].get(key) for key in (first, second))
+    if a is None and b is None:
+        return "—"
+    return f"{fmt(a, decimals)} / {fmt(b, decimals)}"
+
+
+def robust_markdown(summaries: list[dict], verdicts: dict) -> str:
+    """One line per scenario x method: quality, the verdict against the scenario's FedAvg on its
+    attacked metrics, and the corrupted / clean clients' mean weight share and ISFA score."""
+    head = ["scenario", "method", "seeds"] + [label for _, label, _, _ in ROBUST_COLUMNS]
+    head += [
+        "vs FedAvg (attacked metric)",
+        "corrupted clients' own (attacked metric)",
+        "same clients, clean corpus (attacked metric)",
+        "weight share corrupted / clean",
+        "ISFA score corrupted / clean",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    references = {s["scenario"]: s["row"] for s in summaries if s["method"] == "fedavg"}
+    for s in summaries:
+        cells = [s["scenario_label"], s["label"], runs_cell(s)]
+        cells += [cell(s, key, decimals) for key, _, _, decimals in ROBUST_COLUMNS]
+        if s["method"] == "fedavg":
+            cells.append("reference (attacked: " + ", ".join(METRIC[k][1] for k in s["attacked"]) + ")")
+        else:
+            cells.append(verdict_cell(s, references.get(s["scenario"], ""), verdicts))
+        own = s.get("corrupted_own")
+        cells.append(
+            "; ".join(f"{METRIC[k][1]} {fmt(v, METRIC[k][3])}" for k, v in own.items()) if own else "—"
+        )
+        cells.append(damage_cell(s))
+        cells += [
+            pair_cell(s, "weight_corrupted", "weight_clean"),
+            pair_cell(s, "score_corrupted", "score_clean", 3),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def flicker_markdown(summaries: list[dict], verdicts: dict) -> str:
+    """ISFA and ISFA + TDC sampled with independent noise per frame: jitter, flicker, sync corr."""
+    metrics = [METRIC[key] for key in FLICKER_METRICS]
+    head = ["row", "seeds"] + [label for _, label, _, _ in metrics] + ["vs ISFA"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    reference = next((s["row"] for s in summaries if s["method"] == "isfa"), "")
+    for s in summaries:
+        cells = [s["label"], runs_cell(s)] + [cell(s, key, decimals) for key, _, _, decimals in metrics]
+        cells.append("reference" if s["row"] == reference else verdict_cell(s, reference, verdicts))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def robust_sections(table: dict) -> list[tuple[str, str]]:
+    """(title, markdown) of the robust and flicker tables; none without their rows."""
+    verdicts = verdict_index(table)
+    sections = []
+    if table.get("robust"):
+        sections.append(
+            (
+                f"Robustness: methods under corrupted clients ({runs_span(table['robust'])})",
+                robust_markdown(table["robust"], verdicts) + "\n\n" + spread_note(table["robust"]),
+            )
+        )
+    if table.get("flicker"):
+        sections.append(
+            (
+                f"Flicker: independent initial noise per frame ({runs_span(table['flicker'])})",
+                flicker_markdown(table["flicker"], verdicts) + "\n\n" + spread_note(table["flicker"]),
+            )
+        )
+    return sections
+
+
+ROBUST_HOW_TO_READ = [
+    "Robustness: each scenario trains every method on its own corpus, in which the training clips of a "
+    "share of the private clients are damaged (audio_shift: the audio moved 3-6 frames; identity: half "
+    "the frames show another person; temporal: per-frame head jitter and brightness flicker). Held-out "
+    "clips are never damaged: every run is evaluated on the clean corpus's held-out clips, with one "
+    "backbone pretrained on the clean public identities. The quality columns and verdicts score the "
+    "scenario's CLEAN clients only (all clients on the clean corpus): a corrupted client's own model "
+    "carries its damage in its identity adapter, which no aggregation rule reaches, so what aggregation "
+    "decides is how much the corrupted updates spoil the shared adapter for the others; the corrupted "
+    "clients' own scores are in their own column, and 'same clients, clean corpus' is the same method "
+    "trained on the undamaged corpus, scored on the same clients, with Welch's p against the scenario "
+    "(unadjusted): the damage the corrupted updates did to the others, i.e. what there is to protect. "
+    "The verdict column compares each method with "
+    "FedAvg in the same scenario on the metric the corruption attacks (audio_shift: sync corr; identity: "
+    "ID sim; temporal: jitter; clean: all three). Weight share: a client's aggregation weight times the "
+    "clients in its round (1 = an equal share, as FedAvg gives clients with equal data), averaged over "
+    "the corrupted clients' client-rounds and over the clean ones'; ISFA score: the s = α·identity + "
+    "(1 − α)·temporal its reported data signals give (ISFA rows). A corrupted share well under the clean "
+    "one means the signals told the clients apart; an audio shift leaves the frames clean, so the data "
+    "signals cannot see it. Flicker: mean absolute change between consecutive generated frames (lower: "
+    "steadier; a still picture scores 0, so read it with jitter, the error against the real motion).",
+    "",
+    "Flicker table: ISFA and ISFA + TDC trained on the clean corpus as in the robust table, but sampled "
+    "with independent initial noise per frame instead of one shared draw: shared noise hides temporal "
+    "inconsistency, independent noise shows whether the model itself keeps consecutive frames "
+    "consistent, which is what TDC trains for.",
+    "",
+]
+
+
+def robust_findings(table: dict, verdicts: dict) -> list[str]:
+    """Per scenario the verdicts against FedAvg and whether the signals separated the clients; the
+    flicker rows' verdicts."""
+    lines = []
+    robust = table.get("robust") or []
+    for scenario in dict.fromkeys(s["scenario"] for s in robust):
+        rows = [s for s in robust if s["scenario"] == scenario]
+        reference = next((s for s in rows if s["method"] == "fedavg"), None)
+        if reference is None:
+            continue
+        parts = [
+            f"{s['label']} ({verdict_cell(s, reference['row'], verdicts)})"
+            for s in rows
+            if s is not reference
+        ]
+        text = f"Scenario {rows[0]['scenario_label']}, against FedAvg: " + "; ".join(parts) + "."
+        if reference.get("damage"):
+            text += f" FedAvg's clean clients on the undamaged corpus: {damage_cell(reference)}."
+        isfa = next((s for s in rows if s["method"] == "isfa"), None)
+        if isfa is not None and isfa["clients"]["weight_corrupted"] is not None:
+            weights = pair_cell(isfa, "weight_corrupted", "weight_clean")
+            scores = pair_cell(isfa, "score_corrupted", "score_clean", 3)
+            text += f" ISFA's weight share corrupted / clean: {weights} (score {scores})."
+        lines.append(text)
+    flicker = {s["method"]: s for s in table.get("flicker") or []}
+    if "isfa" in flicker and "isfa-tdc" in flicker:
+        lines.append(
+            "Flicker rows (independent noise per frame), ISFA + TDC against ISFA: "
+            + verdict_cell(flicker["isfa-tdc"], flicker["isfa"]["row"], verdicts)
+            + "."
+        )
+    return lines
+
+
+def damage(summary: dict, row: Row, clean_row: Row) -> dict:
+    """What the corruption did to the clean clients under this method: per attacked metric, the same
+    method's runs on the clean corpus scored on the same (here clean) clients, and Welch's p of the
+    scenario's values against them (unadjusted; a diagnostic, not one of the reading's verdicts). If the
+    corrupted updates do not move the clean clients' scores, there is nothing for a robust aggregation
+    rule to protect, whatever its signals see."""
+    corrupted = corrupted_clients(row.first_run().cfg)
+    keys = summary["attacked"]
+    reference = []
+    for run in clean_row.runs.values():
+        scored = clip_means(run.eval.get("per_clip") or [], lambda client: client not in corrupted, keys)
+        if scored is not None:
+            reference.append(scored)
+    out = {}
+    for key in keys:
+        values = [v.get(key) for v in summary["per_seed"].values() if v.get(key) is not None]
+        base = [r[key] for r in reference]
+        mean, std = mean_and_std(base)
+        test = welch_test(values, base) if len(values) > 1 and len(base) > 1 else None
+        out[key] = {"clean_corpus_mean": mean, "clean_corpus_std": std, "p": None if test is None else test[1]}
+    return out
+
+
+def damage_cell(summary: dict) -> str:
+    """'jitter 0.0074 ± 0.0002 on the clean corpus (Welch p 0.6)' per attacked metric, or '—'."""
+    parts = []
+    for key, entry in (summary.get("damage") or {}).items():
+        _, label, _, decimals = METRIC[key]
+        text = f"{label} {fmt(entry['clean_corpus_mean'], decimals)}"
+        if entry["clean_corpus_std"] is not None:
+            text += f" ± {entry['clean_corpus_std']:.{decimals}f}"
+        if entry["p"] is not None:
+            text += f" (Welch p {entry['p']:.2g})"
+        parts.append(text)
+    return "; ".join(parts) or "—"
+
+
+def scenario_table(bench: Benchmark, selected: list[Row]) -> tuple[list[dict], list[dict], list[dict]]:
+    """(robust summaries, flicker summaries, scenarios) of a scenario preset's selected rows; scenarios:
+    each one's corpus and corrupted identities, for table.json."""
+    index = {s.name: s for s in plan_scenarios(bench.preset)}
+    robust = [summarize_robust(r, index[r.scenario]) for r in selected if r.table == "robust"]
+    flicker = [summarize_robust(r, index[r.scenario]) for r in selected if r.table == "flicker"]
+    clean_rows = {r.method: r for r in selected if r.table == "robust" and r.scenario == "clean"}
+    for summary, row in zip(robust, [r for r in selected if r.table == "robust"]):
+        if summary["corruption"] and row.method in clean_rows:
+            summary["damage"] = damage(summary, row, clean_rows[row.method])
+    corpora = {}
+    for row in selected:
+        if row.table == "robust" and row.scenario not in corpora:
+            root = Path(row.first_run().cfg.data.root)
+            record = json.loads((root / "split.json").read_text()).get("corruption") or {}
+            scenario = index[row.scenario]
+            corpora[row.scenario] = {
+                "name": scenario.name,
+                "corruption": scenario.corruption,
+                "fraction": scenario.fraction,
+                "data": str(root),
+                "corrupted_identities": sorted(record.get("identities", {})),
+            }
+    return robust, flicker, list(corpora.values())
 
 
 # ---------------------------------------------------------------------------- the honest reading
@@ -601,6 +942,7 @@ def reading(table: dict) -> list[str]:
         + bound_flags(verdicts)
         + ablation_findings(table, verdicts)
         + privacy_findings(table, main, verdicts)
+        + robust_findings(table, verdicts)
     )
     if lines:
         lines.append(rule_statement(verdicts))
@@ -734,7 +1076,7 @@ def markdown_tables(table: dict) -> list[tuple[str, str]]:
 
 
 def write_markdown(path: Path, table: dict) -> None:
-    sections = markdown_tables(table) + cohort_sections(table)
+    sections = markdown_tables(table) + cohort_sections(table) + robust_sections(table)
     path.write_text("\n\n".join(f"## {title}\n\n{md}" for title, md in sections) + "\n")
 
 
@@ -936,7 +1278,12 @@ def write_samples(folder: Path, rows: list[Row], cache) -> list[str]:
 def write_figures(out_dir: Path, bench: Benchmark, table: dict, cache) -> None:
     """convergence.png, privacy_utility.png (if any DP row), qualitative.png and samples/*.mp4."""
     main_rows = [r for r in bench.selected if r.table == "main"]
-    plot_rows = main_rows or bench.selected
+    # A scenario preset's figures and samples: the clean corpus's rows (every method once) and the
+    # flicker rows, not every scenario's.
+    clean = [
+        r for r in bench.selected if r.table == "flicker" or (r.table == "robust" and r.scenario == "clean")
+    ]
+    plot_rows = main_rows or clean or bench.selected
     plot_convergence(out_dir / "convergence.png", plot_rows)
     privacy = table["privacy"] or [s for s in table["main"] if s["row"] == "privfedtalk"]
     if privacy:
@@ -1095,8 +1442,10 @@ COHORT_HOW_TO_READ = [
 def readme_reading(table: dict) -> list[str]:
     lines = ["## Honest reading", ""]
     lines += [f"- {text}" for text in table.get("reading", [])]
-    lines += ["", "Per metric, PrivFedTalk against each baseline:", ""]
     entries = [c for c in table["comparison"] if c["row"] == "privfedtalk"]
+    if not entries and (table.get("robust") or table.get("flicker")):
+        return lines  # a scenario preset: its verdicts are in the robust and flicker tables
+    lines += ["", "Per metric, PrivFedTalk against each baseline:", ""]
     if not entries:
         return lines + ["No comparison: the privfedtalk row or the fedavg/fedprox rows were not selected."]
     federated = Counter(c["verdict"] for c in entries if c["baseline"] != "local-only")
@@ -1111,10 +1460,12 @@ def readme_reading(table: dict) -> list[str]:
 def readme(table: dict, args, rows: list[Row]) -> str:
     """OUT/PRESET/README.md: what ran, where and how long, the tables, how to read them, the findings."""
     lines = readme_what_ran(table, rows) + readme_machine_and_time(table)
-    for title, markdown in markdown_tables(table) + cohort_sections(table):
+    for title, markdown in markdown_tables(table) + cohort_sections(table) + robust_sections(table):
         lines += [f"## {title}", "", markdown, ""]
     if table.get("cohort"):
         lines += COHORT_HOW_TO_READ
+    if table.get("robust") or table.get("flicker"):
+        lines += ROBUST_HOW_TO_READ
     lines += HOW_TO_READ + readme_reading(table)
     lines += [
         "",
@@ -1195,6 +1546,9 @@ def build_table(bench: Benchmark, args) -> dict:
     cohort = [summarize_cohort(r) for r in bench.selected if r.table == "cohort"]
     if cohort:
         table["cohort"], table["cohort_goal"] = cohort, goal_ratios(cohort)
+    if any(r.table in ("robust", "flicker") for r in bench.selected):
+        table["robust"], table["flicker"], table["scenarios"] = scenario_table(bench, bench.selected)
+        table["heldout_root"] = bench.spec.heldout_root
     table["comparison"] = compare(table)
     privacy_rows = [r for r in bench.selected if r.table == "privacy"]
     if privacy_rows:
