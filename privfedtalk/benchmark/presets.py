@@ -374,7 +374,7 @@ PRESETS["dp-scale-gpu"] = {
 
 # `make run-benchmark PRESET=robust` on the 2-core CPU, target <= 45 min in all: do ISFA's data signals
 # and TDC help where they should? Every method of plan.SCENARIO_METHODS (FedAvg, FedProx mu 0.01, ISFA,
-# ISFA + TDC λ 0.1, ISFA threshold s >= 0.95) on 7 corpora: clean, and audio_shift / identity / temporal
+# ISFA + TDC λ 1, ISFA threshold s >= 0.95) on 7 corpora: clean, and audio_shift / identity / temporal
 # corruption of 25 % (2) and 50 % (4) of the 8 private clients' training clips; plus ISFA vs ISFA + TDC
 # on the clean corpus sampled with independent noise per frame (the flicker table). 3 seeds everywhere.
 # federated.signal_source=data for every row (FedAvg and FedProx ignore it): the data signals are the

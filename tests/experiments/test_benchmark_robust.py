@@ -83,7 +83,7 @@ def test_robust_preset_plans_every_method_on_each_scenarios_own_corpus(tmp_path)
     assert (method["fedavg"].method, method["fedprox"].method) == ("fedavg", "fedprox")
     assert method["fedprox"].mu == pytest.approx(0.01)
     assert method["isfa"].method == "isfa" and method["isfa"].lambda_tdc == 0
-    assert method["isfa-tdc"].method == "isfa" and method["isfa-tdc"].lambda_tdc == pytest.approx(0.1)
+    assert method["isfa-tdc"].method == "isfa" and method["isfa-tdc"].lambda_tdc == pytest.approx(1.0)
     assert method["threshold"].method == "isfa_threshold"
     assert method["threshold"].signal_threshold == pytest.approx(0.95)
     # A flicker row trains exactly the clean row's config, in a folder of its own, and its evaluation
