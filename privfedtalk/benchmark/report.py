@@ -528,16 +528,24 @@ def summarize_robust(row: Row, scenario) -> dict:
     return out
 
 
+def scenario_groups(table: dict) -> list[tuple[list[dict], dict]]:
+    """(the scenario's robust rows, its FedAvg row) per scenario of the robust table, in table order;
+    scenarios without a FedAvg row are left out (nothing to compare against)."""
+    robust = table.get("robust") or []
+    groups = []
+    for scenario in dict.fromkeys(s["scenario"] for s in robust):
+        rows = [s for s in robust if s["scenario"] == scenario]
+        reference = next((s for s in rows if s["method"] == "fedavg"), None)
+        if reference is not None:
+            groups.append((rows, reference))
+    return groups
+
+
 def robust_pairs(table: dict) -> list[tuple[dict, dict, list]]:
     """(row, reference, metrics) of the robust table (every method against FedAvg in its scenario, on
     the scenario's attacked metrics) and of the flicker table (ISFA + TDC against ISFA)."""
     pairs = []
-    robust = table.get("robust") or []
-    for scenario in dict.fromkeys(s["scenario"] for s in robust):
-        rows = [s for s in robust if s["scenario"] == scenario]
-        reference = next((s for s in rows if s["method"] == "fedavg"), None)
-        if reference is None:
-            continue
+    for rows, reference in scenario_groups(table):
         pairs += [(s, reference, [METRIC[key] for key in s["attacked"]]) for s in rows if s is not reference]
     flicker = {s["method"]: s for s in table.get("flicker") or []}
     if "isfa" in flicker and "isfa-tdc" in flicker:
@@ -664,12 +672,7 @@ def robust_findings(table: dict, verdicts: dict) -> list[str]:
     """Per scenario the verdicts against FedAvg and whether the signals separated the clients; the
     flicker rows' verdicts."""
     lines = []
-    robust = table.get("robust") or []
-    for scenario in dict.fromkeys(s["scenario"] for s in robust):
-        rows = [s for s in robust if s["scenario"] == scenario]
-        reference = next((s for s in rows if s["method"] == "fedavg"), None)
-        if reference is None:
-            continue
+    for rows, reference in scenario_groups(table):
         parts = [
             f"{s['label']} ({verdict_cell(s, reference['row'], verdicts)})"
             for s in rows
