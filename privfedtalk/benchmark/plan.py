@@ -382,6 +382,7 @@ def scenario_rows(preset: dict, seeds: int, roots: dict | None = None) -> list[R
             row = Row(name, "robust", label, config, keys + corpus, every, scenario=scenario.name, method=key)
             rows.append(row)
     if preset.get("flicker_rows"):
+        flicker_seeds = list(range(max(seeds, int(preset.get("flicker_seeds", seeds)))))
         for key in FLICKER_METHODS:
             label, config, keys = methods[key]
             rows.append(
@@ -391,7 +392,7 @@ def scenario_rows(preset: dict, seeds: int, roots: dict | None = None) -> list[R
                     f"{label}, independent frame noise",
                     config,
                     keys,
-                    every,
+                    flicker_seeds,
                     scenario="clean",
                     method=key,
                     evaluation=dict(FLICKER_EVALUATION),
