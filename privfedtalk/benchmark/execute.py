@@ -45,17 +45,24 @@ def check_cache(meta_file: Path, preset_name: str, wanted: dict) -> dict:
     return meta
 
 
-def build_corpus(data: Path, preset: dict, meta: dict, times: dict) -> None:
-    t0 = time.perf_counter()
-    if (data / "split.json").is_file():
-        log.info("corpus: reused %s", data)
-        times["synth_s"] = 0.0
-        return
+def synthesize_once(root: Path, synth: dict, name: str) -> float:
+    """Seconds spent synthesizing the corpus `root` from synthesize_corpus's keyword arguments `synth`;
+    0.0 when it is already there (split.json is written last: its presence means the corpus is whole)."""
+    if (root / "split.json").is_file():
+        log.info("%s: reused %s", name, root)
+        return 0.0
     from privfedtalk.data.synthetic import synthesize_corpus
 
-    log.info("corpus: synthesizing %s", preset["synth"])
-    synthesize_corpus(data, **preset["synth"])
-    times["synth_s"] = meta["synth_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    log.info("%s: synthesizing %s", name, synth)
+    synthesize_corpus(root, **synth)
+    return time.perf_counter() - t0
+
+
+def build_corpus(data: Path, preset: dict, meta: dict, times: dict) -> None:
+    times["synth_s"] = seconds = synthesize_once(data, preset["synth"], "corpus")
+    if seconds:
+        meta["synth_s"] = seconds
 
 
 def pretrain_config(pretrain_dir: Path, data: Path, preset: dict, cli_overrides, backbone: int):
@@ -155,13 +162,8 @@ def scenario_corpora(args, preset: dict, data: Path, times: dict) -> dict[str, P
             roots[scenario.name] = Path(data)
             continue
         root = cache / f"data-{scenario.name}"
-        if not (root / "split.json").is_file():  # written last: its presence means the corpus is whole
-            from privfedtalk.data.synthetic import synthesize_corpus
-
-            t0 = time.perf_counter()
-            log.info("corpus %s: synthesizing %s", scenario.name, scenario.synth(preset))
-            synthesize_corpus(root, **scenario.synth(preset))
-            times["synth_s"] = times.get("synth_s", 0.0) + time.perf_counter() - t0
+        seconds = synthesize_once(root, scenario.synth(preset), f"corpus {scenario.name}")
+        times["synth_s"] = times.get("synth_s", 0.0) + seconds
         if read_split(root)["private"] != private:
             raise SystemExit(
                 f"{root}: its private identities are not those of {data} (the corpus given with --data "

@@ -487,10 +487,11 @@ def clip_means(per_clip: list[dict], keep, keys) -> dict | None:
     return {key: float(np.mean([r[key] for r in rows if r.get(key) is not None] or [np.nan])) for key in keys}
 
 
-def summarize_robust(row: Row, scenario) -> dict:
+def summarize_robust(row: Row, scenario, corrupted: set[str]) -> dict:
     """summarize(row) scored on the scenario's clean clients only, with flicker; the scenario
     (plan.Scenario), its attacked metrics, the corrupted clients' own scores of them, and the corrupted
-    vs clean clients' mean weight and ISFA score (CLIENT_KEYS; mean over the row's runs).
+    vs clean clients' mean weight and ISFA score (CLIENT_KEYS; mean over the row's runs). `corrupted`:
+    the scenario's corrupted clients (corrupted_clients; every run of a row trains on one corpus).
 
     A corrupted client's own personalized model carries its corruption in its identity adapter, which no
     aggregation rule reaches; what aggregation decides is how much the corrupted updates spoil the
@@ -500,7 +501,6 @@ def summarize_robust(row: Row, scenario) -> dict:
     keys = [key for key, *_ in ROBUST_COLUMNS]
     per_group, own = [], []
     for label, run in row.runs.items():
-        corrupted = corrupted_clients(run.cfg) if run.cfg is not None else set()
         per_clip = run.eval.get("per_clip") or []
         clean = clip_means(per_clip, lambda client: client not in corrupted, keys)
         values = out["per_seed"][label]
@@ -697,13 +697,12 @@ def robust_findings(table: dict, verdicts: dict) -> list[str]:
     return lines
 
 
-def damage(summary: dict, row: Row, clean_row: Row) -> dict:
+def damage(summary: dict, clean_row: Row, corrupted: set[str]) -> dict:
     """What the corruption did to the clean clients under this method: per attacked metric, the same
     method's runs on the clean corpus scored on the same (here clean) clients, and Welch's p of the
     scenario's values against them (unadjusted; a diagnostic, not one of the reading's verdicts). If the
     corrupted updates do not move the clean clients' scores, there is nothing for a robust aggregation
-    rule to protect, whatever its signals see."""
-    corrupted = corrupted_clients(row.first_run().cfg)
+    rule to protect, whatever its signals see. `corrupted`: the scenario's corrupted clients."""
     keys = summary["attacked"]
     reference = []
     for run in clean_row.runs.values():
@@ -738,15 +737,22 @@ def scenario_table(bench: Benchmark, selected: list[Row]) -> tuple[list[dict], l
     """(robust summaries, flicker summaries, scenarios) of a scenario preset's selected rows; scenarios:
     each one's corpus and corrupted identities, for table.json."""
     index = {s.name: s for s in plan_scenarios(bench.preset)}
-    robust = [summarize_robust(r, index[r.scenario]) for r in selected if r.table == "robust"]
-    flicker = [summarize_robust(r, index[r.scenario]) for r in selected if r.table == "flicker"]
-    clean_rows = {r.method: r for r in selected if r.table == "robust" and r.scenario == "clean"}
-    for summary, row in zip(robust, [r for r in selected if r.table == "robust"]):
+    robust_rows = [r for r in selected if r.table == "robust"]
+    flicker_rows = [r for r in selected if r.table == "flicker"]
+    # Once per scenario (split.json + the client registry), not once per run.
+    corrupted = {}
+    for row in robust_rows + flicker_rows:
+        if row.scenario not in corrupted:
+            corrupted[row.scenario] = corrupted_clients(row.first_run().cfg)
+    robust = [summarize_robust(r, index[r.scenario], corrupted[r.scenario]) for r in robust_rows]
+    flicker = [summarize_robust(r, index[r.scenario], corrupted[r.scenario]) for r in flicker_rows]
+    clean_rows = {r.method: r for r in robust_rows if r.scenario == "clean"}
+    for summary, row in zip(robust, robust_rows):
         if summary["corruption"] and row.method in clean_rows:
-            summary["damage"] = damage(summary, row, clean_rows[row.method])
+            summary["damage"] = damage(summary, clean_rows[row.method], corrupted[row.scenario])
     corpora = {}
-    for row in selected:
-        if row.table == "robust" and row.scenario not in corpora:
+    for row in robust_rows:
+        if row.scenario not in corpora:
             root = Path(row.first_run().cfg.data.root)
             record = json.loads((root / "split.json").read_text()).get("corruption") or {}
             scenario = index[row.scenario]
