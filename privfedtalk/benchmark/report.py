@@ -330,14 +330,33 @@ def curve_points(summaries: list[dict], curve: str, key: str = "sync_corr") -> d
 def goal_ratios(summaries: list[dict]) -> list[dict]:
     """Per m: (PrivFedTalk − local-only) / (FedAvg − local-only) of sync corr seed means: the share of what
     federation gains that PrivFedTalk keeps under DP (1: all of it, 0: none). None where FedAvg does
-    not differ from local-only (nothing to keep)."""
+    not differ from local-only (nothing to keep). With the ratio, Welch's two-sided p of FedAvg against
+    local-only (is there a gain beyond the seeds' spread to keep?) and of PrivFedTalk against FedAvg
+    and against local-only (None with fewer than 2 seeds on a side)."""
     private, fedavg, local = (curve_points(summaries, c) for c in ("privfedtalk", "fedavg", "local-only"))
     out = []
     for m in sorted(set(private) & set(fedavg) & set(local)):
         p, f, lo = (x[m]["mean"]["sync_corr"] for x in (private, fedavg, local))
         ratio = (p - lo) / (f - lo) if f != lo else None
-        out.append({"m": m, "privfedtalk": p, "fedavg": f, "local_only": lo, "ratio": ratio})
+        out.append(
+            {
+                "m": m,
+                "privfedtalk": p,
+                "fedavg": f,
+                "local_only": lo,
+                "ratio": ratio,
+                "p_fedavg_vs_local_only": _sync_p(fedavg[m], local[m]),
+                "p_privfedtalk_vs_fedavg": _sync_p(private[m], fedavg[m]),
+                "p_privfedtalk_vs_local_only": _sync_p(private[m], local[m]),
+            }
+        )
     return out
+
+
+def _sync_p(row: dict, reference: dict) -> float | None:
+    """Welch's two-sided p of two cohort rows' per-seed sync corr; None with fewer than 2 seeds a side."""
+    test = welch_test(seed_values(row, "sync_corr"), seed_values(reference, "sync_corr"))
+    return None if test is None else test[1]
 
 
 def cohort_cell(summary: dict, key: str, decimals: int) -> str:
@@ -359,17 +378,29 @@ def cohort_markdown(summaries: list[dict]) -> str:
 
 
 def goal_markdown(ratios: list[dict]) -> str:
-    """The goal figure per m: how much of FedAvg's gain over local-only PrivFedTalk keeps (sync corr)."""
+    """The goal figure per m: how much of FedAvg's gain over local-only PrivFedTalk keeps (sync corr), with
+    the Welch p that says whether each difference is beyond the seeds' spread."""
     lines = [
-        "| m | PrivFedTalk | FedAvg | local-only | (PrivFedTalk − local-only) ÷ (FedAvg − local-only) |",
-        "|---|---|---|---|---|",
+        "| m | PrivFedTalk | FedAvg | local-only | (PrivFedTalk − local-only) ÷ (FedAvg − local-only) "
+        "| p FedAvg vs local-only | p PrivFedTalk vs FedAvg | p PrivFedTalk vs local-only |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in ratios:
         ratio = "— (FedAvg = local-only)" if r["ratio"] is None else f"{r['ratio']:.2f}"
+        tests = [
+            _p_cell(r.get(key))
+            for key in ("p_fedavg_vs_local_only", "p_privfedtalk_vs_fedavg", "p_privfedtalk_vs_local_only")
+        ]
         lines.append(
-            f"| {r['m']} | {r['privfedtalk']:.3f} | {r['fedavg']:.3f} | {r['local_only']:.3f} | {ratio} |"
+            f"| {r['m']} | {r['privfedtalk']:.3f} | {r['fedavg']:.3f} | {r['local_only']:.3f} | {ratio} | "
+            + " | ".join(tests)
+            + " |"
         )
     return "\n".join(lines)
+
+
+def _p_cell(p: float | None) -> str:
+    return "—" if p is None else f"{p:.2g}"
 
 
 def cohort_sections(table: dict) -> list[tuple[str, str]]:

@@ -95,7 +95,9 @@ def test_dp_scale_presets_plan_the_cohort_sweep(name, tmp_path):
     assert len(keys) == len(set(keys))
 
 
-def _cohort_summary(curve: str, m: int, sync: float, std: float | None = None, seeds: int = 1) -> dict:
+def _cohort_summary(
+    curve: str, m: int, sync: float, std: float | None = None, seeds: int = 1, per_seed: list | None = None
+) -> dict:
     mean = {key: None for key, *_ in report.COHORT_COLUMNS} | {"sync_corr": sync}
     spread = {key: None for key in mean} | {"sync_corr": std}
     return {
@@ -106,6 +108,7 @@ def _cohort_summary(curve: str, m: int, sync: float, std: float | None = None, s
         "n_seeds": seeds,
         "mean": mean,
         "std": spread,
+        "per_seed": {str(i): {"sync_corr": v} for i, v in enumerate(per_seed or [])},
     }
 
 
@@ -128,9 +131,26 @@ def test_goal_ratio_is_the_share_of_fedavgs_gain_privfedtalk_keeps():
     assert ratios[4] == pytest.approx(0.0) and ratios[64] == pytest.approx(0.5) and ratios[8] is None
     text = report.goal_markdown(report.goal_ratios(summaries))
     assert "| 64 | 0.250 | 0.300 | 0.200 | 0.50 |" in text and "FedAvg = local-only" in text
+    assert "| 4 | 0.100 | 0.300 | 0.100 | 0.00 | — | — | — |" in text  # one seed a side: no test
     table = report.cohort_markdown(summaries)
     assert "0.250 ± 0.020" in table  # sample std where there are seeds
     assert "| ∞ | ∞ | ∞ |" in table  # no ε recorded: no DP
+
+
+def test_goal_figure_tests_each_gain_against_the_seeds_spread():
+    """FedAvg clearly above local-only (every seed), PrivFedTalk in between but overlapping both."""
+    summaries = [
+        _cohort_summary("fedavg", 64, 0.40, per_seed=[0.39, 0.40, 0.41]),
+        _cohort_summary("local-only", 64, 0.10, per_seed=[0.09, 0.10, 0.11]),
+        _cohort_summary("privfedtalk", 64, 0.25, per_seed=[0.05, 0.25, 0.45]),
+    ]
+    (goal,) = report.goal_ratios(summaries)
+    assert goal["ratio"] == pytest.approx(0.5)
+    assert goal["p_fedavg_vs_local_only"] < 1e-3  # a gain beyond the spread: something to keep
+    assert goal["p_privfedtalk_vs_fedavg"] > 0.05 and goal["p_privfedtalk_vs_local_only"] > 0.05
+    row = report.goal_markdown([goal]).splitlines()[-1]
+    assert row.startswith("| 64 | 0.250 | 0.400 | 0.100 | 0.50 | ")
+    assert row.split(" | ")[5] == f"{goal['p_fedavg_vs_local_only']:.2g}"
 
 
 def test_cohort_values_take_the_median_noise_to_signal_over_rounds():
