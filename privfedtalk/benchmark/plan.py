@@ -234,10 +234,11 @@ COHORT_VARIANTS = [
 COHORT_CURVES = ("privfedtalk", "fedavg", "local-only")
 
 
-def cohort_method_rows(m: int, target: float, seeds: list[int]) -> list[Row]:
-    """PrivFedTalk (DP, with the noise-to-signal diagnostic), FedAvg and local-only at m clients per round."""
+def cohort_method_rows(m: int, target: float, seeds: list[int], dp_keys: list[str] = ()) -> list[Row]:
+    """PrivFedTalk (DP, with the noise-to-signal diagnostic), FedAvg and local-only at m clients per round;
+    dp_keys (the preset's `dp_overrides`) go to the PrivFedTalk row only."""
     cohort = [f"federated.clients_per_round={m}"]
-    dp = ISFA_TDC + privacy_overrides(target) + ["privacy.log_signal_norm=true"]
+    dp = ISFA_TDC + privacy_overrides(target) + ["privacy.log_signal_norm=true"] + list(dp_keys)
     return [
         Row(
             f"privfedtalk-m{m}",
@@ -267,12 +268,14 @@ def cohort_method_rows(m: int, target: float, seeds: list[int]) -> list[Row]:
     ]
 
 
-def cohort_variant_rows(m: int, target: float, seeds: list[int]) -> list[Row]:
-    """PrivFedTalk at cohort m with one of COHORT_VARIANTS' changes (clipping or server optimizer)."""
+def cohort_variant_rows(m: int, target: float, seeds: list[int], dp_keys: list[str] = ()) -> list[Row]:
+    """PrivFedTalk at cohort m with one of COHORT_VARIANTS' changes (clipping or server optimizer), on top
+    of dp_keys (a variant's own keys win, e.g. the server optimizer's lr)."""
     base = (
         ISFA_TDC
         + privacy_overrides(target)
         + ["privacy.log_signal_norm=true", f"federated.clients_per_round={m}"]
+        + list(dp_keys)
     )
     return [
         Row(
@@ -293,16 +296,18 @@ def cohort_variant_rows(m: int, target: float, seeds: list[int]) -> list[Row]:
 def cohort_rows(preset: dict, seeds: int) -> list[Row]:
     """The cohort sweep: at every m of preset["cohorts"] PrivFedTalk, FedAvg and local-only; at the largest m
     also the variants. `seeds` runs at the largest m (its variants: preset["variant_seeds"], default the
-    same), preset["cohort_seeds"] (default the same) at the smaller ones."""
+    same), preset["cohort_seeds"] (default the same) at the smaller ones. preset["dp_overrides"] (default
+    none) are keys of the DP rows alone: the clip norm and server lr a DP run is tuned with."""
     target = float(preset["target_epsilon"])
     cohorts = sorted(int(m) for m in preset["cohorts"])
     largest = cohorts[-1]
     smaller_seeds = list(range(int(preset.get("cohort_seeds", seeds))))
+    dp_keys = list(preset.get("dp_overrides", []))
     rows = []
     for m in cohorts:
-        rows += cohort_method_rows(m, target, list(range(seeds)) if m == largest else smaller_seeds)
+        rows += cohort_method_rows(m, target, list(range(seeds)) if m == largest else smaller_seeds, dp_keys)
     variant_seeds = list(range(int(preset.get("variant_seeds", seeds))))
-    return rows + cohort_variant_rows(largest, target, variant_seeds)
+    return rows + cohort_variant_rows(largest, target, variant_seeds, dp_keys)
 
 
 @dataclass(frozen=True)

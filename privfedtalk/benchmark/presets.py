@@ -30,6 +30,8 @@ A preset with `cohorts` (dp-scale, dp-scale-gpu) plans the cohort sweep instead 
   seeds          seeds at the largest m (the goal figure's m); --seeds overrides;
   cohort_seeds   seeds at the smaller m (default: seeds);
   variant_seeds  seeds of the variants (default: seeds);
+  dp_overrides   keys of the DP rows alone (privfedtalk-m{m} and the variants; a variant's own keys
+                 win): the clip norm and server lr the DP runs are tuned with (default: none);
   epsilons       not used.
 
 A preset with `scenarios` (robust) plans the robustness table instead (plan.scenario_rows): every method
@@ -246,8 +248,8 @@ PRESETS: dict[str, dict] = {
 # n = 20 from a reliability score s of 0.77 on, dp-scale-gpu's 150 frames n = 50 from s = 0.73.
 # Calibrated z at ε = 8, δ = 1e-5 (dp.calibrate_noise_multiplier, Poisson) and z·√d/m, the noise-to-signal
 # ratio when every clipped update has norm C and all point the same way (a floor; the logged ratio is
-# higher when they do not): dp-scale (N = 256, 5 rounds): m = 4 z 0.44 -> 7.0, 16 0.55 -> 2.2,
-# 64 0.78 -> 0.78; dp-scale-gpu (N = 1024, 20 rounds): 4 0.40 -> 6.4, 16 0.48 -> 1.9, 64 0.64 -> 0.64,
+# higher when they do not): dp-scale (N = 512, 5 rounds): m = 4 z 0.40 -> 6.4, 16 0.49 -> 1.9,
+# 64 0.64 -> 0.64, 128 0.78 -> 0.39; dp-scale-gpu (N = 1024, 20 rounds): 4 0.40 -> 6.4, 16 0.48 -> 1.9, 64 0.64 -> 0.64,
 # 256 1.08 -> 0.27; `small` (N = 8, m = 4, 6 rounds, d = 16384): z 1.08 -> 35.
 _DP_SCALE_ADAPTER = [
     "federated.shared.rank=1",
@@ -255,39 +257,45 @@ _DP_SCALE_ADAPTER = [
     "federated.shared.target_modules=[to_q,to_k,to_v,to_out.0]",
 ]
 
-# `make run-benchmark PRESET=dp-scale` on the 2-core CPU, target <= 60 min in all. Sized with
-# experiments/probe_dp_scale.py (2 shared cores, 1 thread per run; 2026-12-02):
-#   one local step (4 windows, 32x32 frames): 0.19 s with 16x16 latents (VAE [16,32]), 0.10 s with 8x8
-#   latents (VAE [16,32,32]); one client-round with 5 local steps incl. its fixed costs (latents,
-#   signals, update, DP share): 1.33 s at 16x16, 0.89 s at 8x8 latents;
-#   one secure-aggregation round (pairwise masks, O(m^2)): m=16 0.06 s, 64 0.7 s, 128 3.8 s, 256 19 s,
-#   nearly independent of d (2048 or 16384) at these sizes: key agreement and Shamir shares dominate.
-# So local training, not secure aggregation, limits m on this CPU: every row at m costs m client-rounds
-# per round. Runs: m in {4, 16} x 3 rows x 2 seeds, m = 64 x 3 rows x 3 seeds + 3 variants x 1 seed =
-# 888 client-rounds per round x 5 rounds x 0.89 s = ~3950 s of one core, + secure aggregation (~20 s)
-# + evaluation (24 runs x 8 held-out 2 s clips x 8 DDIM steps; the tiny benchmark's evaluation costs
-# ~0.35 s per clip-second and DDIM step at 16x16 latents, so ~20-45 s a run: ~800 s) = ~4800 core-s =
-# ~40 min on 2 cores with 2 jobs; + corpus (576 clips x ~0.2 s = ~2 min) + backbone (~5 min, not
-# probed) = ~47 min, leaving ~20 % for the shared cores.
-# m = 128 would add 1536 client-rounds per round (~57 min by itself): 64 is the largest m that fits.
-# What was cut against `small`: 32x32 frames with 8x8 latents (the mouth spans about one latent cell, a
-# coarser picture of the lag than small's 16x16 latents), 5 rounds (small: 6), 5 local steps (small: 10),
-# 1 training + 1 held-out clip of 2 s per client (small: 3 + 1 of 3 s), 32 public identities for the
-# backbone (small: 48) with a smaller VAE, 2 ISFA signal windows (default 4), 8 evaluated clients at 8
-# DDIM steps (small: 4 at 10), 2 seeds below the largest m and 1 seed for the variants.
-# Poisson sampling (as the privfedtalk row): m is the expected count; 256 private clients, so the rate
-# q = m/256 <= 1/4 (at m = 4 about 1 round in 11 samples fewer than the 2 clients secure aggregation
-# needs and is skipped).
+# `make run-benchmark PRESET=dp-scale` on the 2-core CPU, target <= 60 min in all.
+# The first version (5 rounds x 5 local steps, 256 private clients, m up to 64) left the lag unlearnt:
+# FedAvg's sync gain over local-only was 0.00-0.03, inside the seeds' spread, so the goal ratio meant
+# nothing. Probed on 2026-12-02 (experiments/run_benchmark.py --preset dp-scale --only ..., m = 64, seed 0,
+# 2 jobs x 1 thread): with 10 local steps, server lr 2 and clients trained 8 at a time
+# (federated.client_batch=8) FedAvg reached sync corr 0.284 against local-only's 0.079 and PrivFedTalk
+# (ε = 8) 0.134, at ~30 s per round of 64 clients (0.47 s per client-round incl. fixed costs) and
+# ~20 s of evaluation a run. The clip norm did not move PrivFedTalk at m = 64 (C 0.05 / 0.3 / 1.0:
+# sync 0.134 / 0.061 / 0.134; noise-to-signal ~2 each time, as z·√d/m predicts it does not depend on C).
+# So the first lever is m at fixed q = m/N: 512 private clients let m = 128 keep q = 1/4
+# (calibrated z at ε = 8, δ = 1e-5, 5 rounds: m = 4 0.40, 16 0.49, 64 0.64, 128 0.78;
+# floor z·√d/m: 6.4, 1.9, 0.64, 0.39). The second is the step: m = 128, seed 0, with privfedtalk.yaml's
+# C = 0.05 and the server lr 2 of FedAvg, the noise-to-signal fell to ~1.2 but sync corr stayed at 0.097
+# (FedAvg 0.348): the clipped mean (norm <= C) moves the adapter ~20x less per round than FedAvg's
+# unclipped mean (norm ~1), so 5 rounds get nowhere. C = 1.0 alone: 0.071 (signal norm ~0.4 per round);
+# C = 1.0 with server lr 5: 0.323, mouth PSNR 19.54 (FedAvg 18.56); DP FedAvg without ISFA and TDC at C 1,
+# lr 2: 0.105, so ISFA / TDC were not the cause. Hence dp_overrides: the DP rows take C = 1 (about half
+# the clients' mean update norm ~2, so most updates are clipped) and server lr 5 (the clipped, noised
+# mean is ~0.4 long against FedAvg's ~1). ε does not depend on C or the server lr.
+# Cost: a run at m = 128 ~340 s of one core, at 64 ~185 s, 16 ~65 s, 4 ~35 s; m = 128 x 3 rows x 3 seeds +
+# 3 variants x 1 seed = 12 runs, the smaller m 3 rows x 2 seeds: ~5800 core-s = ~48 min at 2 jobs, + the
+# corpus (1088 clips, ~1.5 min) and the backbone (~2 min): ~52 min.
+# What was cut against `small`: 32x32 frames with 8x8 latents (the mouth spans about one latent cell),
+# 5 rounds (small: 6), 1 training + 1 held-out clip of 2 s per client (small: 3 + 1 of 3 s), 32 public
+# identities for the backbone (small: 48) with a smaller VAE, 2 ISFA signal windows (default 4), 8
+# evaluated clients at 8 DDIM steps (small: 4 at 10), 2 seeds below the largest m and 1 seed for the
+# variants.
+# Poisson sampling (as the privfedtalk row): m is the expected count, q = m/512 <= 1/4 (at m = 4 some
+# rounds sample fewer than the 2 clients secure aggregation needs and are skipped).
 PRESETS["dp-scale"] = {
-    "description": "2-core CPU, DP vs cohort size: 32x32, 256 private clients whose mouths lag by 2 frames, "
-    "5 rounds x m in {4, 16, 64} clients x 5 local steps, ε = 8",
+    "description": "2-core CPU, DP vs cohort size: 32x32, 512 private clients whose mouths lag by 2 frames, "
+    "5 rounds x m in {4, 16, 64, 128} clients x 10 local steps, server lr 2, ε = 8",
     "synth": {
-        "identities": 288,
+        "identities": 544,
         "clips": 2,
         "seconds": 2.0,
         "size": 32,
         "seed": 0,
-        "public_fraction": 32 / 288,
+        "public_fraction": 32 / 544,
         "private_clips": 2,
         "private_mouth_lag": 2,
     },
@@ -302,19 +310,21 @@ PRESETS["dp-scale"] = {
     ],
     "federated": [
         "federated.rounds=5",
-        "federated.clients_per_round=64",
-        "federated.local_steps=5",
+        "federated.clients_per_round=128",
+        "federated.local_steps=10",
         "federated.batch_windows=4",
         "federated.signal_windows=2",
         "federated.lr=1e-2",
-        "federated.server_lr=1.0",
+        "federated.server_lr=2.0",
+        "federated.client_batch=8",
         "privacy.reference_samples=20",
         *_DP_SCALE_ADAPTER,
     ],
-    "cohorts": [4, 16, 64],
+    "cohorts": [4, 16, 64, 128],
     "seeds": 3,
     "cohort_seeds": 2,
     "variant_seeds": 1,
+    "dp_overrides": ["privacy.clip_norm=1.0", "federated.server_lr=5.0"],
     "jobs": 2,
     "eval_clients": 8,
     "eval_sample_steps": 8,

@@ -85,6 +85,13 @@ def test_dp_scale_presets_plan_the_cohort_sweep(name, tmp_path):
         assert rows[f"privfedtalk-m{m}"]["target_epsilon"] == 8.0
         assert "privacy.dp=true" not in rows[f"fedavg-m{m}"]["overrides"]
         assert "federated.server_lr=0.0" in rows[f"local-only-m{m}"]["overrides"]
+    for key in preset.get("dp_overrides", []):  # the DP rows' own tuning, theirs alone
+        assert all(key in r["overrides"] for n, r in rows.items() if n.startswith("privfedtalk"))
+        assert not any(key in r["overrides"] for n, r in rows.items() if not n.startswith("privfedtalk"))
+    momentum = rows["privfedtalk-momentum"]["overrides"]  # a variant's own server lr wins
+    assert momentum.index("federated.server_lr=1.0") > max(
+        (momentum.index(k) for k in preset.get("dp_overrides", []) if k in momentum), default=-1
+    )
     assert "privacy.clip=adaptive" in rows["privfedtalk-adaptive"]["overrides"]
     assert "federated.server_optimizer=momentum" in rows["privfedtalk-momentum"]["overrides"]
     assert "federated.server_optimizer=adam" in rows["privfedtalk-adam"]["overrides"]
