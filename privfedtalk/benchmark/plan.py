@@ -234,7 +234,7 @@ COHORT_VARIANTS = [
 COHORT_CURVES = ("privfedtalk", "fedavg", "local-only")
 
 
-def cohort_method_rows(m: int, target: float, seeds: list[int], dp_keys: list[str] = ()) -> list[Row]:
+def cohort_method_rows(m: int, target: float, seeds: list[int], dp_keys: tuple[str, ...] = ()) -> list[Row]:
     """PrivFedTalk (DP, with the noise-to-signal diagnostic), FedAvg and local-only at m clients per round;
     dp_keys (the preset's `dp_overrides`) go to the PrivFedTalk row only."""
     cohort = [f"federated.clients_per_round={m}"]
@@ -268,7 +268,7 @@ def cohort_method_rows(m: int, target: float, seeds: list[int], dp_keys: list[st
     ]
 
 
-def cohort_variant_rows(m: int, target: float, seeds: list[int], dp_keys: list[str] = ()) -> list[Row]:
+def cohort_variant_rows(m: int, target: float, seeds: list[int], dp_keys: tuple[str, ...] = ()) -> list[Row]:
     """PrivFedTalk at cohort m with one of COHORT_VARIANTS' changes (clipping or server optimizer), on top
     of dp_keys (a variant's own keys win, e.g. the server optimizer's lr)."""
     base = (
@@ -302,7 +302,7 @@ def cohort_rows(preset: dict, seeds: int) -> list[Row]:
     cohorts = sorted(int(m) for m in preset["cohorts"])
     largest = cohorts[-1]
     smaller_seeds = list(range(int(preset.get("cohort_seeds", seeds))))
-    dp_keys = list(preset.get("dp_overrides", []))
+    dp_keys = tuple(preset.get("dp_overrides", ()))
     rows = []
     for m in cohorts:
         rows += cohort_method_rows(m, target, list(range(seeds)) if m == largest else smaller_seeds, dp_keys)

@@ -249,8 +249,8 @@ PRESETS: dict[str, dict] = {
 # Calibrated z at ε = 8, δ = 1e-5 (dp.calibrate_noise_multiplier, Poisson) and z·√d/m, the noise-to-signal
 # ratio when every clipped update has norm C and all point the same way (a floor; the logged ratio is
 # higher when they do not): dp-scale (N = 512, 5 rounds): m = 4 z 0.40 -> 6.4, 16 0.49 -> 1.9,
-# 64 0.64 -> 0.64, 128 0.78 -> 0.39; dp-scale-gpu (N = 1024, 20 rounds): 4 0.40 -> 6.4, 16 0.48 -> 1.9, 64 0.64 -> 0.64,
-# 256 1.08 -> 0.27; `small` (N = 8, m = 4, 6 rounds, d = 16384): z 1.08 -> 35.
+# 64 0.64 -> 0.64, 128 0.78 -> 0.39; dp-scale-gpu (N = 1024, 20 rounds): 4 0.40 -> 6.4, 16 0.48 -> 1.9,
+# 64 0.64 -> 0.64, 256 1.08 -> 0.27; `small` (N = 8, m = 4, 6 rounds, d = 16384): z 1.08 -> 35.
 _DP_SCALE_ADAPTER = [
     "federated.shared.rank=1",
     "federated.shared.alpha=1.0",
@@ -276,9 +276,10 @@ _DP_SCALE_ADAPTER = [
 # lr 2: 0.105, so ISFA / TDC were not the cause. Hence dp_overrides: the DP rows take C = 1 (about half
 # the clients' mean update norm ~2, so most updates are clipped) and server lr 5 (the clipped, noised
 # mean is ~0.4 long against FedAvg's ~1). ε does not depend on C or the server lr.
-# Cost: a run at m = 128 ~340 s of one core, at 64 ~185 s, 16 ~65 s, 4 ~35 s; m = 128 x 3 rows x 3 seeds +
-# 3 variants x 1 seed = 12 runs, the smaller m 3 rows x 2 seeds: ~5800 core-s = ~48 min at 2 jobs, + the
-# corpus (1088 clips, ~1.5 min) and the backbone (~2 min): ~52 min.
+# Cost, measured (2 jobs x 1 thread; train + eval per run): m = 128 ~255 s (FedAvg) / ~280 s (local-only) /
+# ~315 s (DP), 64 ~152 s, 16 ~45 s, 4 ~16 s; m = 128 x 3 rows x 3 seeds + 3 variants x 1 seed = 12 runs,
+# the smaller m 3 rows x 2 seeds: ~4760 core-s = ~40 min at 2 jobs, + the corpus (1088 clips, 70 s) and
+# the backbone (130 s): ~43 min (summed from the logs, not one invocation).
 # What was cut against `small`: 32x32 frames with 8x8 latents (the mouth spans about one latent cell),
 # 5 rounds (small: 6), 1 training + 1 held-out clip of 2 s per client (small: 3 + 1 of 3 s), 32 public
 # identities for the backbone (small: 48) with a smaller VAE, 2 ISFA signal windows (default 4), 8

@@ -327,29 +327,29 @@ def curve_points(summaries: list[dict], curve: str, key: str = "sync_corr") -> d
     return {s["m"]: s for s in summaries if s["curve"] == curve and s["mean"][key] is not None}
 
 
+# The goal figure's Welch tests on sync corr: (key, curve, reference curve).
+GOAL_TESTS = (
+    ("p_fedavg_vs_local_only", "fedavg", "local-only"),
+    ("p_privfedtalk_vs_fedavg", "privfedtalk", "fedavg"),
+    ("p_privfedtalk_vs_local_only", "privfedtalk", "local-only"),
+)
+
+
 def goal_ratios(summaries: list[dict]) -> list[dict]:
     """Per m: (PrivFedTalk − local-only) / (FedAvg − local-only) of sync corr seed means: the share of what
     federation gains that PrivFedTalk keeps under DP (1: all of it, 0: none). None where FedAvg does
     not differ from local-only (nothing to keep). With the ratio, Welch's two-sided p of FedAvg against
     local-only (is there a gain beyond the seeds' spread to keep?) and of PrivFedTalk against FedAvg
     and against local-only (None with fewer than 2 seeds on a side)."""
-    private, fedavg, local = (curve_points(summaries, c) for c in ("privfedtalk", "fedavg", "local-only"))
+    curves = {c: curve_points(summaries, c) for c in COHORT_CURVES}
     out = []
-    for m in sorted(set(private) & set(fedavg) & set(local)):
-        p, f, lo = (x[m]["mean"]["sync_corr"] for x in (private, fedavg, local))
+    for m in sorted(set.intersection(*(set(points) for points in curves.values()))):
+        p, f, lo = (curves[c][m]["mean"]["sync_corr"] for c in COHORT_CURVES)
         ratio = (p - lo) / (f - lo) if f != lo else None
-        out.append(
-            {
-                "m": m,
-                "privfedtalk": p,
-                "fedavg": f,
-                "local_only": lo,
-                "ratio": ratio,
-                "p_fedavg_vs_local_only": _sync_p(fedavg[m], local[m]),
-                "p_privfedtalk_vs_fedavg": _sync_p(private[m], fedavg[m]),
-                "p_privfedtalk_vs_local_only": _sync_p(private[m], local[m]),
-            }
-        )
+        entry = {"m": m, "privfedtalk": p, "fedavg": f, "local_only": lo, "ratio": ratio}
+        for key, curve, reference in GOAL_TESTS:
+            entry[key] = _sync_p(curves[curve][m], curves[reference][m])
+        out.append(entry)
     return out
 
 
@@ -387,10 +387,7 @@ def goal_markdown(ratios: list[dict]) -> str:
     ]
     for r in ratios:
         ratio = "— (FedAvg = local-only)" if r["ratio"] is None else f"{r['ratio']:.2f}"
-        tests = [
-            _p_cell(r.get(key))
-            for key in ("p_fedavg_vs_local_only", "p_privfedtalk_vs_fedavg", "p_privfedtalk_vs_local_only")
-        ]
+        tests = [_p_cell(r.get(key)) for key, *_ in GOAL_TESTS]
         lines.append(
             f"| {r['m']} | {r['privfedtalk']:.3f} | {r['fedavg']:.3f} | {r['local_only']:.3f} | {ratio} | "
             + " | ".join(tests)
@@ -746,7 +743,8 @@ def damage(summary: dict, clean_row: Row, corrupted: set[str]) -> dict:
         base = [r[key] for r in reference]
         mean, std = mean_and_std(base)
         test = welch_test(values, base) if len(values) > 1 and len(base) > 1 else None
-        out[key] = {"clean_corpus_mean": mean, "clean_corpus_std": std, "p": None if test is None else test[1]}
+        p = None if test is None else test[1]
+        out[key] = {"clean_corpus_mean": mean, "clean_corpus_std": std, "p": p}
     return out
 
 
