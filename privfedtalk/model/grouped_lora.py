@@ -61,8 +61,10 @@ def conv_delta(
     """
     kh, kw = a.shape[-2:]
     plain = lora_a.stride == (1, 1) and lora_a.dilation == (1, 1) and lora_a.groups == 1
-    if plain and isinstance(lora_a.padding, tuple) and all(
-        0 <= p <= k - 1 for p, k in zip(lora_a.padding, (kh, kw))
+    if (
+        plain
+        and isinstance(lora_a.padding, tuple)
+        and all(0 <= p <= k - 1 for p, k in zip(lora_a.padding, (kh, kw)))
     ):
         return _tap_delta(x, a, b, lora_a.padding, base)
     return base + _grouped_conv_delta(x, a, b, lora_a)

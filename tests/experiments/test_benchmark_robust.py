@@ -59,7 +59,9 @@ def test_robust_preset_plans_every_method_on_each_scenarios_own_corpus(tmp_path)
     bench = plan_robust(tmp_path)
     expected = [f"{s}-{m}" for s in SCENARIOS for m in METHODS] + ["flicker-isfa", "flicker-isfa-tdc"]
     assert [row.name for row in bench.rows] == expected == plan.row_names(preset)
-    assert all(row.seeds == ([0, 1, 2, 3, 4, 5] if row.table == "flicker" else [0, 1, 2]) for row in bench.rows)
+    assert all(
+        row.seeds == ([0, 1, 2, 3, 4, 5] if row.table == "flicker" else [0, 1, 2]) for row in bench.rows
+    )
     # 105 runs of the robust table + 12 flicker runs: no two rows share a run.
     assert len(bench.runs) == (len(expected) - 2) * 3 + 2 * 6 == 117  # flicker rows: 6 seeds
     clean_root = str((tmp_path / "cache" / "data").resolve())
@@ -240,7 +242,9 @@ def test_tiny_robust_benchmark_trains_on_each_scenario_and_writes_the_robust_tab
     assert fedavg["score_corrupted"] is None and robust["clean-isfa"]["clients"]["weight_corrupted"] is None
     # A damaged scenario's quality columns score its clean client only; the damaged client's own score
     # of the attacked metric has its own entry. The clean corpus scores every client.
-    damaged_client = next(iter(report.corrupted_clients(OmegaConf.load(folder / "runs/temporal-50-isfa/seed0/config.yaml"))))
+    damaged_client = next(
+        iter(report.corrupted_clients(OmegaConf.load(folder / "runs/temporal-50-isfa/seed0/config.yaml")))
+    )
     per_clip = evals["temporal-50-isfa"]["per_clip"]
     clean_jitter = [c["jitter"] for c in per_clip if c["client"] != damaged_client]
     own_jitter = [c["jitter"] for c in per_clip if c["client"] == damaged_client]
