@@ -1,14 +1,17 @@
 """Client throughput in local steps per second for federated.client_batch K (batched clients).
 
 At the dp-scale preset's model size (32x32 frames, VAE [16,32,32] -> 8x8 latents, U-Net [32,64],
-rank-1 shared adapter on the attention projections, rank-4 identity adapter, 4 windows of 4 frames,
-5 local steps). Step time does not depend on what the backbone learned, so the backbone is untrained
+rank-1 shared adapter on the attention projections, rank-4 identity adapter on the resnets' 3x3
+convolutions, 4 windows of 4 frames, 10 local steps). Step time does not depend on what the backbone learned, so the backbone is untrained
 and the clients' clips are random latents (2 clips of 50 frames each, as dp-scale's 2 s clips).
 Each repeat trains the same `--clients` clients once from the same global state, K at a time, and
 counts clients x local_steps / wall seconds (swap in/out and update included; signals off: they cost
 the same per client either way). Prints the median over repeats per K and the ratio to K = 1.
 
-    .venv/bin/python experiments/bench_client_throughput.py --batches 1 4 8 --clients 8 --repeats 3
+    .venv/bin/python experiments/bench_client_throughput.py --batches 1 8 16 32 --clients 32 --repeats 3
+
+For a whole round (data loading, aggregation and the run folder included) time `privfedtalk train` on a
+dp-scale run's config with federated.client_batch=K instead (docs/results.md, "Client throughput").
 
 `--model small`: the `small` benchmark preset's size instead (64x64 frames, the default VAE and U-Net:
 16x16 latents, rank-4 shared adapter, 10 local steps, clips of 75 frames).
@@ -27,7 +30,7 @@ DP_SCALE_MODEL = [
     "data.size=32",
     "model.vae.block_out_channels=[16,32,32]",
     "model.unet.block_out_channels=[32,64]",
-    "federated.local_steps=5",
+    "federated.local_steps=10",
     "federated.batch_windows=4",
     "federated.shared.rank=1",
     "federated.shared.alpha=1.0",
@@ -89,8 +92,8 @@ def time_once(trainer, clients, global_shared, batch: int, instructions) -> floa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8])
-    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 16, 32])
+    parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--model", choices=sorted(MODELS), default="dp-scale")
