@@ -55,7 +55,7 @@ def use_all(unet) -> None:
 
 def adapter_parameters(unet, adapter: str) -> list[torch.nn.Parameter]:
     """The adapter's LoRA parameters in a fixed order (the order of named_parameters)."""
-    return [p for n, p in unet.named_parameters() if "lora_" in n and f".{adapter}." in n]
+    return list(adapter_slots(unet, adapter).values())
 
 
 def adapter_slots(unet, adapter: str) -> dict[str, torch.nn.Parameter]:
