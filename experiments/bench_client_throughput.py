@@ -2,8 +2,9 @@
 
 At the dp-scale preset's model size (32x32 frames, VAE [16,32,32] -> 8x8 latents, U-Net [32,64],
 rank-1 shared adapter on the attention projections, rank-4 identity adapter on the resnets' 3x3
-convolutions, 4 windows of 4 frames, 10 local steps). Step time does not depend on what the backbone learned, so the backbone is untrained
-and the clients' clips are random latents (2 clips of 50 frames each, as dp-scale's 2 s clips).
+convolutions, 4 windows of 4 frames, 10 local steps). Step time does not depend on what the backbone
+learned, so the backbone is untrained and the clients' clips are random latents (2 clips of 50 frames
+each, as dp-scale's 2 s clips).
 Each repeat trains the same `--clients` clients once from the same global state, K at a time, and
 counts clients x local_steps / wall seconds (swap in/out and update included; signals off: they cost
 the same per client either way). Prints the median over repeats per K and the ratio to K = 1.

@@ -40,7 +40,7 @@ def check_groupable(layer) -> None:
         raise ValueError(f"grouped LoRA supports Linear and Conv2d layers, not {type(layer.base_layer)}")
 
 
-def linear_delta(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+def add_linear_delta(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
     """base + delta for rows (K·n, ..., in) -> (K·n, ..., out): group k times A_k (K, r, in) then
     B_k (K, out, r), the B product accumulated into the base layer's output in one baddbmm."""
     groups = a.shape[0]
@@ -50,36 +50,39 @@ def linear_delta(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, base: torch.
     return out.reshape(base.shape)
 
 
-def conv_delta(
+def add_conv_delta(
     x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, lora_a: nn.Conv2d, base: torch.Tensor
 ) -> torch.Tensor:
     """base + delta for images (K·n, C, H, W) -> (K·n, out, H', W'): group k through conv A_k
     (K, r, C, kh, kw), then B_k (K, out, r, 1, 1), peft's lora_B being a 1x1 conv.
 
-    A stride-1 A (the resnets' 3x3 convs) takes `_tap_delta`; any other A a grouped convolution
+    A stride-1 A (the resnets' 3x3 convs) takes `_add_tap_delta`; any other A a grouped convolution
     (`_grouped_conv_delta`), the same numbers by a slower road.
     """
-    kh, kw = a.shape[-2:]
-    plain = lora_a.stride == (1, 1) and lora_a.dilation == (1, 1) and lora_a.groups == 1
-    if (
-        plain
-        and isinstance(lora_a.padding, tuple)
-        and all(0 <= p <= k - 1 for p, k in zip(lora_a.padding, (kh, kw)))
-    ):
-        return _tap_delta(x, a, b, lora_a.padding, base)
+    if _taps_fit(lora_a):
+        return _add_tap_delta(x, a, b, lora_a.padding, base)
     return base + _grouped_conv_delta(x, a, b, lora_a)
 
 
-def _tap_delta(
+def _taps_fit(lora_a: nn.Conv2d) -> bool:
+    """Stride 1, no dilation or groups, and a numeric padding below the kernel size."""
+    if lora_a.stride != (1, 1) or lora_a.dilation != (1, 1) or lora_a.groups != 1:
+        return False
+    padding = lora_a.padding
+    return isinstance(padding, tuple) and all(0 <= p < k for p, k in zip(padding, lora_a.kernel_size))
+
+
+def _add_tap_delta(
     x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, padding: tuple[int, int], base: torch.Tensor
 ) -> torch.Tensor:
-    """A stride-1 A_k as matmuls: each of its kh·kw taps is a 1x1 projection of the C channels to r, so
-    one batched matmul gives every tap's projection at every pixel (K, n, r·kh·kw, H·W); summing each
-    tap's map shifted by its offset is col2im (F.fold) with the kernel flipped, and fold's padding
-    k − 1 − p puts the sum on the H' x W' grid of a conv with padding p; B_k's product is accumulated
-    into the base output (NCHW: one (out, H'·W') matrix per image) in one baddbmm. Same arithmetic as
-    the conv; on a CPU its backward is several times faster than a grouped convolution's (small r per
-    group).
+    """base + delta with a stride-1 A_k as matmuls.
+
+    Each of A_k's kh·kw taps is a 1x1 projection of the C channels to r, so one batched matmul gives
+    every tap's projection at every pixel (K, n, r·kh·kw, H·W). Summing each tap's map shifted by its
+    offset is col2im (F.fold) with the kernel flipped; fold's padding k − 1 − p puts the sum on the
+    H' x W' grid of a conv with padding p. B_k's product is accumulated into the base output (NCHW: one
+    (out, H'·W') matrix per image) in one baddbmm. Same arithmetic as the conv; on a CPU its backward is
+    several times faster than a grouped convolution's (small r per group).
     """
     groups, rank, channels, kh, kw = a.shape
     n = x.shape[0] // groups
@@ -131,9 +134,9 @@ def _grouped_forward(layer, x, *args, stacked, **kwargs):
         # The scaling multiplies B (K·out·r values), not the delta (a whole activation).
         a, b = stacked[id(lora_a.weight)], stacked[id(lora_b.weight)] * layer.scaling[name]
         if isinstance(layer.base_layer, nn.Conv2d):
-            result = conv_delta(x, a, b, lora_a, result)
+            result = add_conv_delta(x, a, b, lora_a, result)
         else:
-            result = linear_delta(x, a, b, result)
+            result = add_linear_delta(x, a, b, result)
     return result
 
 

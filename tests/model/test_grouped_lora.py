@@ -1,7 +1,7 @@
 """Grouped LoRA equals each client's own LoRA product added to the base output, values and gradients.
 
 The reference is the obvious per-client computation: rows of group k through conv/linear A_k then B_k.
-Every conv shape the tap path (`_tap_delta`) takes is checked against it, and against the grouped
+Every conv shape the tap path (`_add_tap_delta`) takes is checked against it, and against the grouped
 convolution path it replaces; shapes the tap path does not take (stride, dilation) must still match
 through the fallback.
 """
@@ -13,7 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from privfedtalk.model.grouped_lora import _grouped_conv_delta, _tap_delta, conv_delta, linear_delta
+from privfedtalk.model.grouped_lora import (
+    _add_tap_delta,
+    _grouped_conv_delta,
+    add_conv_delta,
+    add_linear_delta,
+)
 
 K, N, RANK = 3, 2, 2
 
@@ -53,7 +58,7 @@ def test_conv_delta_equals_each_clients_own_convolutions(kernel, stride, padding
     x, a, b = inputs(5, 4, kernel, 6)
     base = torch.randn(per_client_conv(x, a, b, lora_a).shape, dtype=x.dtype)
     expected = values_and_grads(lambda *t: base + per_client_conv(*t), x, a, b, lora_a)
-    for got, want in zip(values_and_grads(lambda *t: conv_delta(*t, base), x, a, b, lora_a), expected):
+    for got, want in zip(values_and_grads(lambda *t: add_conv_delta(*t, base), x, a, b, lora_a), expected):
         assert got.shape == want.shape
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
@@ -62,13 +67,13 @@ def test_tap_path_is_taken_for_stride_one_and_matches_the_grouped_convolution():
     lora_a = nn.Conv2d(4, RANK, 3, padding=1, bias=False)
     x, a, b = inputs(4, 3, 3, 5, seed=1)
     zero = torch.zeros(K * N, 3, 5, 5, dtype=x.dtype)
-    tap = values_and_grads(lambda *t: _tap_delta(*t[:3], lora_a.padding, zero), x, a, b, lora_a)
+    tap = values_and_grads(lambda *t: _add_tap_delta(*t[:3], lora_a.padding, zero), x, a, b, lora_a)
     grouped = values_and_grads(_grouped_conv_delta, x, a, b, lora_a)
     for got, want in zip(tap, grouped):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
     # Swapping two clients' A must change the result (the check above can fail).
     swapped = a.detach().clone()[[1, 0, 2]]
-    assert not torch.allclose(_tap_delta(x, swapped, b, lora_a.padding, zero), tap[0])
+    assert not torch.allclose(_add_tap_delta(x, swapped, b, lora_a.padding, zero), tap[0])
 
 
 def test_linear_delta_accumulates_each_clients_product_into_the_base_output():
@@ -79,4 +84,4 @@ def test_linear_delta_accumulates_each_clients_product_into_the_base_output():
     base = torch.randn(K * N, 7, 5, generator=generator, dtype=torch.float64)
     rows = x.reshape(K, N, 7, 6)
     expected = base + torch.cat([rows[k] @ a[k].T @ b[k].T for k in range(K)])
-    torch.testing.assert_close(linear_delta(x, a, b, base), expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(add_linear_delta(x, a, b, base), expected, rtol=1e-12, atol=1e-12)
