@@ -7,7 +7,8 @@ learned, so the backbone is untrained and the clients' clips are random latents 
 each, as dp-scale's 2 s clips).
 Each repeat trains the same `--clients` clients once from the same global state, K at a time, and
 counts clients x local_steps / wall seconds (swap in/out and update included; signals off: they cost
-the same per client either way). Prints the median over repeats per K and the ratio to K = 1.
+the same per client either way). The K's are interleaved within each repeat; prints the median over
+repeats per K and the median of the per-repeat ratios to the first K (K = 1).
 
     .venv/bin/python experiments/bench_client_throughput.py --batches 1 8 16 32 --clients 32 --repeats 3
 
@@ -113,21 +114,26 @@ def main() -> None:
     instructions = Instructions(cfg.federated.local_steps, 0.0, False)
     steps = args.clients * cfg.federated.local_steps
     time_once(trainer, clients[:1], global_shared, 1, instructions)  # warm-up (allocator, kernels)
-    results = {}
-    for batch in args.batches:
-        seconds = [
-            time_once(trainer, clients, global_shared, batch, instructions) for _ in range(args.repeats)
-        ]
-        results[batch] = {
-            "steps_per_s": steps / statistics.median(seconds),
-            "seconds": [round(s, 3) for s in seconds],
+    # Interleaved: repeat r times every K once, so a machine that drifts (shared, throttled) slows all
+    # K alike; the ratio to the first K is taken within each repeat, then its median.
+    seconds = {batch: [] for batch in args.batches}
+    for repeat in range(args.repeats):
+        for batch in args.batches:
+            seconds[batch].append(time_once(trainer, clients, global_shared, batch, instructions))
+        rates = ", ".join(f"K={k} {steps / seconds[k][-1]:.2f}" for k in args.batches)
+        print(f"repeat {repeat + 1}: {rates}", flush=True)
+    first = args.batches[0]
+    results = {
+        batch: {
+            "steps_per_s": steps / statistics.median(seconds[batch]),
+            "ratio": statistics.median(a / b for a, b in zip(seconds[first], seconds[batch])),
+            "seconds": [round(s, 3) for s in seconds[batch]],
         }
-        print(
-            f"client_batch={batch}: {results[batch]['steps_per_s']:.2f} local steps/s {seconds}", flush=True
-        )
-    base = results[args.batches[0]]["steps_per_s"]
-    for batch in args.batches:
-        results[batch]["ratio"] = results[batch]["steps_per_s"] / base
+        for batch in args.batches
+    }
+    for batch, result in results.items():
+        rate, ratio = result["steps_per_s"], result["ratio"]
+        print(f"client_batch={batch}: {rate:.2f} local steps/s, {ratio:.2f}x K={first}")
     summary = {
         "model": args.model,
         "threads": args.threads,

@@ -24,8 +24,10 @@ Not supported, with a ConfigError: federate=unet (the backbone is not an adapter
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 
 import torch
+from diffusers.models.attention_processor import AttnProcessor
 
 from privfedtalk.config import Federate
 from privfedtalk.errors import ConfigError
@@ -110,6 +112,23 @@ def _group_loss(trainer, clients, generators, global_copy, stacked_shared, instr
     return total, terms
 
 
+@contextmanager
+def matmul_attention(unet):
+    """On a CPU, attention through diffusers' AttnProcessor (batched matmuls and a softmax) within the
+    block. The grouped pass's attention has a few tokens (16–20 at the dp-scale size) and heads of
+    dimension 4–8; there the fused CPU kernel (scaled_dot_product_attention) costs ~1.6x as much,
+    forward and backward, as the three plain ops. Same arithmetic up to float rounding."""
+    if unet.device.type != "cpu":
+        yield
+        return
+    processors = unet.attn_processors
+    unet.set_attn_processor(AttnProcessor())
+    try:
+        yield
+    finally:
+        unet.set_attn_processor(processors)
+
+
 def _train_together(trainer, clients, global_shared, round_index: int, seeds, instructions) -> list:
     model = trainer.model
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
@@ -124,7 +143,7 @@ def _train_together(trainer, clients, global_shared, round_index: int, seeds, in
     tdcs = [[] for _ in clients]
     t1 = time.perf_counter()
     model.unet.train()
-    with grouped_lora(model.unet, {id(p): s for p, s in zip(params, stacked)}):
+    with grouped_lora(model.unet, {id(p): s for p, s in zip(params, stacked)}), matmul_attention(model.unet):
         for _ in range(instructions.local_steps):
             total, terms = _group_loss(
                 trainer, clients, generators, global_copy, stacked_shared, instructions

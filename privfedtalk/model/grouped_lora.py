@@ -78,24 +78,18 @@ def _add_tap_delta(
     """base + delta with a stride-1 A_k as matmuls.
 
     Each of A_k's kh·kw taps is a 1x1 projection of the C channels to r, so one batched matmul gives
-    every tap's projection at every pixel (K, n, r·kh·kw, H·W). Summing each tap's map shifted by its
-    offset is col2im (F.fold) with the kernel flipped; fold's padding k − 1 − p puts the sum on the
-    H' x W' grid of a conv with padding p. B_k's product is accumulated into the base output (NCHW: one
-    (out, H'·W') matrix per image) in one baddbmm. Same arithmetic as the conv; on a CPU its backward is
-    several times faster than a grouped convolution's (small r per group).
+    every tap's projection at every pixel (K, n, r·kh·kw, H·W); `_TapSum` adds each tap's map, shifted
+    by the tap's offset, onto the H' x W' grid of a conv with padding p. B_k's product is accumulated
+    into the base output (NCHW: one (out, H'·W') matrix per image) in one baddbmm. Same arithmetic as the
+    conv; on a CPU its backward is several times faster than a grouped convolution's (small r per group).
     """
     groups, rank, channels, kh, kw = a.shape
     n = x.shape[0] // groups
     height, width = x.shape[-2:]
-    out_h, out_w = height + 2 * padding[0] - kh + 1, width + 2 * padding[1] - kw + 1
-    taps = a.flip(-2, -1).permute(0, 1, 3, 4, 2).reshape(groups, 1, rank * kh * kw, channels)
+    taps = a.permute(0, 1, 3, 4, 2).reshape(groups, 1, rank * kh * kw, channels)
     projected = torch.matmul(taps, x.reshape(groups, n, channels, height * width))
-    hidden = F.fold(
-        projected.reshape(groups * n, rank * kh * kw, height * width),
-        (out_h, out_w),
-        (kh, kw),
-        padding=(kh - 1 - padding[0], kw - 1 - padding[1]),
-    )  # (K·n, r, H', W')
+    hidden = _TapSum.apply(projected.reshape(groups * n, rank, kh, kw, height, width), padding)
+    out_h, out_w = hidden.shape[-2:]
     per_image_b = b.reshape(groups, 1, b.shape[1], rank).expand(-1, n, -1, -1).reshape(groups * n, -1, rank)
     out = torch.baddbmm(
         base.reshape(groups * n, b.shape[1], out_h * out_w),
@@ -103,6 +97,43 @@ def _add_tap_delta(
         hidden.reshape(groups * n, rank, out_h * out_w),
     )
     return out.reshape(base.shape)
+
+
+def _tap_windows(tap: int, padding: int, size: int, out_size: int) -> tuple[slice, slice]:
+    """(output, input) ranges along one axis where tap `tap` of a stride-1 conv reads inside the image:
+    output o reads input o + tap − padding."""
+    start = max(0, padding - tap)
+    stop = min(out_size, size + padding - tap)
+    return slice(start, stop), slice(start + tap - padding, stop + tap - padding)
+
+
+class _TapSum(torch.autograd.Function):
+    """(N, r, kh, kw, H, W) per-tap maps -> (N, r, H', W'): output pixel o sums, over the taps t, tap
+    t's map at o + t − p (inside the image). It is col2im (F.fold) with the kernel flipped, but as
+    kh·kw strided adds, and its backward (im2col) kh·kw strided copies: CPU col2im/im2col loop over the
+    images one at a time, which costs more than the arithmetic at these sizes."""
+
+    @staticmethod
+    def forward(ctx, maps, padding):
+        n, rank, kh, kw, height, width = maps.shape
+        out_h, out_w = height + 2 * padding[0] - kh + 1, width + 2 * padding[1] - kw + 1
+        ctx.windows = [
+            (i, j, _tap_windows(i, padding[0], height, out_h), _tap_windows(j, padding[1], width, out_w))
+            for i in range(kh)
+            for j in range(kw)
+        ]
+        ctx.maps_shape = maps.shape
+        out = maps.new_zeros(n, rank, out_h, out_w)
+        for i, j, (rows_out, rows_in), (cols_out, cols_in) in ctx.windows:
+            out[:, :, rows_out, cols_out] += maps[:, :, i, j, rows_in, cols_in]
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_maps = grad_out.new_zeros(ctx.maps_shape)
+        for i, j, (rows_out, rows_in), (cols_out, cols_in) in ctx.windows:
+            grad_maps[:, :, i, j, rows_in, cols_in] = grad_out[:, :, rows_out, cols_out]
+        return grad_maps, None
 
 
 def _grouped_conv_delta(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, lora_a: nn.Conv2d) -> torch.Tensor:

@@ -140,3 +140,18 @@ def test_client_batch_must_be_positive_and_needs_the_shared_adapter():
         load_config(None, ["federated.client_batch=0"])
     with pytest.raises(ConfigError, match="federate=shared_adapter"):
         load_config(None, ["federated.client_batch=2", "federated.federate=unet"])
+
+
+def test_the_grouped_pass_uses_matmul_attention_on_cpu_and_restores_the_processors(tiny_federated_config):
+    from diffusers.models.attention_processor import AttnProcessor
+
+    from privfedtalk.federated.batched import matmul_attention
+
+    model, _ = build_federated_model(tiny_federated_config(), torch.device("cpu"))
+    before = {name: type(p) for name, p in model.unet.attn_processors.items()}
+    assert before and AttnProcessor not in before.values()
+    with pytest.raises(RuntimeError, match="inside"):
+        with matmul_attention(model.unet):
+            assert {type(p) for p in model.unet.attn_processors.values()} == {AttnProcessor}
+            raise RuntimeError("inside")
+    assert {name: type(p) for name, p in model.unet.attn_processors.items()} == before
