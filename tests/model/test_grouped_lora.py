@@ -3,7 +3,8 @@
 The reference is the obvious per-client computation: rows of group k through conv/linear A_k then B_k.
 Every conv shape the tap path (`_add_tap_delta`) takes is checked against it, and against the grouped
 convolution path it replaces; shapes the tap path does not take (stride, dilation) must still match
-through the fallback.
+through the fallback. Small Linear layers take `merged_linear` (one weight per client), large ones the
+low-rank products (`add_linear_delta`); both are checked.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from privfedtalk.model.grouped_lora import (
     _grouped_conv_delta,
     add_conv_delta,
     add_linear_delta,
+    merged_linear,
 )
 
 K, N, RANK = 3, 2, 2
@@ -58,7 +60,8 @@ def test_conv_delta_equals_each_clients_own_convolutions(kernel, stride, padding
     x, a, b = inputs(5, 4, kernel, 6)
     base = torch.randn(per_client_conv(x, a, b, lora_a).shape, dtype=x.dtype)
     expected = values_and_grads(lambda *t: base + per_client_conv(*t), x, a, b, lora_a)
-    for got, want in zip(values_and_grads(lambda *t: add_conv_delta(*t, base), x, a, b, lora_a), expected):
+    got_all = values_and_grads(lambda *t: add_conv_delta(*t, base.clone()), x, a, b, lora_a)
+    for got, want in zip(got_all, expected):
         assert got.shape == want.shape
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
@@ -66,14 +69,17 @@ def test_conv_delta_equals_each_clients_own_convolutions(kernel, stride, padding
 def test_tap_path_is_taken_for_stride_one_and_matches_the_grouped_convolution():
     lora_a = nn.Conv2d(4, RANK, 3, padding=1, bias=False)
     x, a, b = inputs(4, 3, 3, 5, seed=1)
-    zero = torch.zeros(K * N, 3, 5, 5, dtype=x.dtype)
-    tap = values_and_grads(lambda *t: _add_tap_delta(*t[:3], lora_a.padding, zero), x, a, b, lora_a)
+
+    def zero():  # the tap path adds into the base output in place
+        return torch.zeros(K * N, 3, 5, 5, dtype=x.dtype)
+
+    tap = values_and_grads(lambda *t: _add_tap_delta(*t[:3], lora_a.padding, zero()), x, a, b, lora_a)
     grouped = values_and_grads(_grouped_conv_delta, x, a, b, lora_a)
     for got, want in zip(tap, grouped):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
     # Swapping two clients' A must change the result (the check above can fail).
     swapped = a.detach().clone()[[1, 0, 2]]
-    assert not torch.allclose(_add_tap_delta(x, swapped, b, lora_a.padding, zero), tap[0])
+    assert not torch.allclose(_add_tap_delta(x, swapped, b, lora_a.padding, zero()), tap[0])
 
 
 def test_linear_delta_accumulates_each_clients_product_into_the_base_output():
@@ -85,3 +91,36 @@ def test_linear_delta_accumulates_each_clients_product_into_the_base_output():
     rows = x.reshape(K, N, 7, 6)
     expected = base + torch.cat([rows[k] @ a[k].T @ b[k].T for k in range(K)])
     torch.testing.assert_close(add_linear_delta(x, a, b, base), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_merged_linear_equals_the_base_layer_plus_each_clients_products(with_bias):
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(K * N, 7, 6, generator=generator, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(5, 6, generator=generator, dtype=torch.float64)
+    bias = torch.randn(5, generator=generator, dtype=torch.float64) if with_bias else None
+    # Two adapters on the layer (as shared + identity would be), ranks 1 and 2.
+    pairs = [
+        (
+            torch.randn(K, r, 6, generator=generator, dtype=torch.float64).requires_grad_(True),
+            torch.randn(K, 5, r, generator=generator, dtype=torch.float64).requires_grad_(True),
+        )
+        for r in (1, 2)
+    ]
+    leaves = [x] + [t for pair in pairs for t in pair]
+    rows = x.reshape(K, N, 7, 6)
+    per_client = [
+        F.linear(rows[k], weight, bias) + sum(rows[k] @ a[k].T @ b[k].T for a, b in pairs) for k in range(K)
+    ]
+    expected = torch.cat(per_client)
+    got = merged_linear(x, weight, bias, pairs)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    weights = torch.linspace(-1, 1, got.numel(), dtype=got.dtype).view_as(got)
+    for g, e in zip(
+        torch.autograd.grad((got * weights).sum(), leaves),
+        torch.autograd.grad((expected * weights).sum(), leaves),
+    ):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-10)
+    # Swapping two clients' B must change the output (the check above can fail).
+    swapped = [(a, b.detach()[[1, 0, 2]]) for a, b in pairs]
+    assert not torch.allclose(merged_linear(x, weight, bias, swapped), got)
