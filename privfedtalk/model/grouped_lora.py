@@ -57,8 +57,9 @@ def add_conv_delta(
     """base + delta for images (K·n, C, H, W) -> (K·n, out, H', W'): group k through conv A_k
     (K, r, C, kh, kw), then B_k (K, out, r, 1, 1), peft's lora_B being a 1x1 conv.
 
-    A stride-1 A (the resnets' 3x3 convs) takes `_add_tap_delta`; any other A a grouped convolution
-    (`_grouped_conv_delta`), the same numbers by a slower road.
+    A stride-1 A (the resnets' 3x3 convs) takes `_add_tap_delta`, which adds into `base` in place (pass
+    the base layer's fresh output); any other A a grouped convolution (`_grouped_conv_delta`), the
+    same numbers by a slower road.
     """
     if _taps_fit(lora_a):
         return _add_tap_delta(x, a, b, lora_a.padding, base)
@@ -76,7 +77,7 @@ def _taps_fit(lora_a: nn.Conv2d) -> bool:
 def _add_tap_delta(
     x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, padding: tuple[int, int], base: torch.Tensor
 ) -> torch.Tensor:
-    """base + delta with a stride-1 A_k as one matmul per client.
+    """base + delta (into base, in place) with a stride-1 A_k as one matmul per client.
 
     Each of A_k's kh·kw taps is a 1x1 projection of the C channels to r, so client k's (kh·kw·r, C)
     taps times its images' pixels as columns (C, n·H·W) give every tap's projection at every pixel in

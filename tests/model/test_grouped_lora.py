@@ -124,3 +124,15 @@ def test_merged_linear_equals_the_base_layer_plus_each_clients_products(with_bia
     # Swapping two clients' B must change the output (the check above can fail).
     swapped = [(a, b.detach()[[1, 0, 2]]) for a, b in pairs]
     assert not torch.allclose(merged_linear(x, weight, bias, swapped), got)
+
+
+def test_tap_path_takes_a_channels_last_input_and_base():
+    lora_a = nn.Conv2d(4, RANK, 3, padding=1, bias=False)
+    x, a, b = inputs(4, 3, 3, 5, seed=4)
+    base = torch.randn(K * N, 3, 5, 5, dtype=x.dtype)
+    expected = base + per_client_conv(x, a, b, lora_a)
+    last = torch.channels_last
+    got = _add_tap_delta(
+        x.contiguous(memory_format=last), a, b, lora_a.padding, base.contiguous(memory_format=last)
+    )
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
