@@ -43,12 +43,12 @@ def check_groupable(layer) -> None:
 
 def add_linear_delta(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
     """base + delta for rows (K·n, ..., in) -> (K·n, ..., out): group k times A_k (K, r, in) then
-    B_k (K, out, r), the B product accumulated into the base layer's output in one baddbmm."""
+    B_k (K, out, r), the B product accumulated into the base layer's output in place (one baddbmm_)."""
     groups = a.shape[0]
     flat = x.reshape(groups, -1, x.shape[-1])
     hidden = torch.bmm(flat, a.transpose(1, 2))
-    out = torch.baddbmm(base.reshape(groups, -1, b.shape[1]), hidden, b.transpose(1, 2))
-    return out.reshape(base.shape)
+    base.view(groups, -1, b.shape[1]).baddbmm_(hidden, b.transpose(1, 2))
+    return base
 
 
 def add_conv_delta(
@@ -57,13 +57,12 @@ def add_conv_delta(
     """base + delta for images (K·n, C, H, W) -> (K·n, out, H', W'): group k through conv A_k
     (K, r, C, kh, kw), then B_k (K, out, r, 1, 1), peft's lora_B being a 1x1 conv.
 
-    A stride-1 A (the resnets' 3x3 convs) takes `_add_tap_delta`, which adds into `base` in place (pass
-    the base layer's fresh output); any other A a grouped convolution (`_grouped_conv_delta`), the
-    same numbers by a slower road.
+    A stride-1 A (the resnets' 3x3 convs) takes `_add_tap_delta`; any other A a grouped convolution
+    (`_grouped_conv_delta`), the same numbers by a slower road.
     """
     if _taps_fit(lora_a):
         return _add_tap_delta(x, a, b, lora_a.padding, base)
-    return base + _grouped_conv_delta(x, a, b, lora_a)
+    return base.add_(_grouped_conv_delta(x, a, b, lora_a))
 
 
 def _taps_fit(lora_a: nn.Conv2d) -> bool:
@@ -77,15 +76,14 @@ def _taps_fit(lora_a: nn.Conv2d) -> bool:
 def _add_tap_delta(
     x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, padding: tuple[int, int], base: torch.Tensor
 ) -> torch.Tensor:
-    """base + delta (into base, in place) with a stride-1 A_k as one matmul per client.
+    """base + delta with a stride-1 A_k as one matmul per client.
 
     Each of A_k's kh·kw taps is a 1x1 projection of the C channels to r, so client k's (kh·kw·r, C)
     taps times its images' pixels as columns (C, n·H·W) give every tap's projection at every pixel in
     one matmul per client: on a CPU the adapter's cost over the plain conv (fwd + bwd) is 1.2–1.9x
     lower than with one small matmul per image, transposing x included. `_TapSum` adds each tap's
     map, shifted by the tap's offset, onto the H' x W' grid of a conv with padding p; B_k times the
-    result, one matmul per client, is added into the base output (in place: the base output is not
-    kept for its own backward). Same arithmetic as the conv.
+    result, one matmul per client, is added into the base output. Same arithmetic as the conv.
     """
     groups, rank, channels, kh, kw = a.shape
     n = x.shape[0] // groups
@@ -201,6 +199,8 @@ def _grouped_forward(layer, x, *args, stacked, **kwargs):
     ]
     if pairs and _merges(layer, x):
         return merged_linear(x, layer.base_layer.weight, layer.base_layer.bias, pairs)
+    # The add_*_delta helpers add into the base layer's fresh output in place (its own backward does
+    # not keep it), so no activation-sized copy is made per adapter.
     result = layer.base_layer(x, *args, **kwargs)
     for name, (a, b) in zip(names, pairs):
         if isinstance(layer.base_layer, nn.Conv2d):
