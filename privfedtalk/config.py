@@ -149,6 +149,10 @@ class UNetConfig:
     steps: int = 1500
     batch_windows: int = 4
     lr: float = 5e-4
+    # > 0: keep an exponential moving average of the U-Net and audio encoder weights during
+    # pretraining (diffusers' EMAModel, decay min(ema_decay, (1+k)/(10+k)) at step k) and save it
+    # instead of the last weights; 0 saves the last weights.
+    ema_decay: float = 0.0
 
 
 @dataclass
@@ -357,6 +361,12 @@ def validate(cfg: Config) -> None:
     )
     _require(cfg.threads >= 0, "threads", cfg.threads, "use >= 0 (0: torch's default)")
     _validate_data(cfg.data)
+    _require(
+        0 <= cfg.model.unet.ema_decay < 1,
+        "model.unet.ema_decay",
+        cfg.model.unet.ema_decay,
+        "use [0, 1) (0: save the last weights; e.g. 0.995 averages about the last 200 steps)",
+    )
     _validate_federated(cfg.federated)
     _validate_privacy(cfg.privacy, cfg.federated)
 

@@ -145,22 +145,30 @@ def _backbone(out: Path, data: Path, preset: dict) -> Path:
 def _evaluate_backbone(data: Path, checkpoint: Path, preset: dict):
     """The backbone on the held-out clips of the private identities (never seen in pretraining, and
     the clips no client trains on: split_heldout with the config's data.heldout_clips)."""
-    from privfedtalk.data.corpus import split_heldout
-    from privfedtalk.evaluate import evaluate_clips, load_eval_clips
+    from privfedtalk.evaluate import evaluate_clips
     from privfedtalk.model.generator import TalkingHeadGenerator
     from privfedtalk.model.identity import IdentityEncoder
 
     model = TalkingHeadGenerator.from_pretrained(checkpoint)
     encoder = IdentityEncoder.load(checkpoint)
-    heldout_count = load_config(None, _common(data, preset)).data.heldout_clips
-    by_identity: dict[str, list] = {}
-    for clip in load_eval_clips(data, None, model.spec):
-        by_identity.setdefault(clip.identity, []).append(clip)
-    heldout = [c for clips in by_identity.values() for c in split_heldout(clips, heldout_count)[1]]
-    clips = heldout[: preset["eval_clips"]]
+    clips = heldout_eval_clips(data, model.spec, preset)
     backbone = evaluate_clips(model, encoder, clips, seed=0)
     backbone.pop("per_clip")
     return model, encoder, clips, backbone
+
+
+def heldout_eval_clips(data: Path, spec, preset: dict = FULL) -> list:
+    """The demo's evaluation clips: each private identity's held-out clips, the first
+    preset["eval_clips"] of them."""
+    from privfedtalk.data.corpus import split_heldout
+    from privfedtalk.evaluate import load_eval_clips
+
+    heldout_count = load_config(None, _common(data, preset)).data.heldout_clips
+    by_identity: dict[str, list] = {}
+    for clip in load_eval_clips(data, None, spec):
+        by_identity.setdefault(clip.identity, []).append(clip)
+    heldout = [c for clips in by_identity.values() for c in split_heldout(clips, heldout_count)[1]]
+    return heldout[: preset["eval_clips"]]
 
 
 def _federate(out: Path, data: Path, checkpoint: Path, preset: dict):

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers.training_utils import EMAModel
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
@@ -94,6 +95,7 @@ def train_denoiser(
         lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * s / unet_cfg.steps))),
     )
     precision = precision or Precision(model.device)
+    ema = EMAModel(params, decay=unet_cfg.ema_decay) if unet_cfg.ema_decay > 0 else None
     generator = torch.Generator().manual_seed(cfg.seed + 1)
     model.unet.train()
     model.audio_encoder.train()
@@ -114,10 +116,14 @@ def train_denoiser(
             )
         precision.step(out["total"], optimizer, params)
         schedule.step()
+        if ema is not None:
+            ema.step(params)
         losses.append(out["diffusion"].item())
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
         if writer is not None and step % 20 == 0:
             writer.add_scalar("pretrain/diffusion_loss", float(np.mean(losses[-20:])), step)
+    if ema is not None:
+        ema.copy_to(params)
     model.unet.eval()
     model.audio_encoder.eval()
     return losses

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from privfedtalk.config import load_config
 from privfedtalk.demo import QUICK
+from privfedtalk.errors import ConfigError
 from privfedtalk.federated import simulation
 from privfedtalk.pretrain import pretrain
 from privfedtalk.runtime import setup_torch
@@ -61,6 +62,24 @@ def test_pretraining_twice_with_one_seed_gives_identical_weights_and_another_see
     assert_bit_identical(first, pretrained_weights(tiny_corpus, tmp_path / "b"))
     # The comparison can fail: another seed moves the weights.
     assert differs_somewhere(first, pretrained_weights(tiny_corpus, tmp_path / "c", "seed=1"))
+
+
+def test_ema_pretraining_saves_averaged_denoiser_weights_and_nothing_else_changes(tiny_corpus, tmp_path):
+    last = pretrained_weights(tiny_corpus, tmp_path / "last")
+    averaged = pretrained_weights(tiny_corpus, tmp_path / "ema", "model.unet.ema_decay=0.9")
+    denoiser = {key for key in last if key.startswith(("unet/", "audio_encoder"))}
+    assert denoiser, sorted(last)
+    # Same seed, same trajectory: only the saved U-Net and audio-encoder weights are the average.
+    assert all(not torch.equal(last[key], averaged[key]) for key in denoiser if last[key].numel() > 1)
+    assert_bit_identical(
+        {k: last[k] for k in last if k not in denoiser}, {k: averaged[k] for k in last if k not in denoiser}
+    )
+
+
+@pytest.mark.parametrize("value", ["1.0", "-0.1", "nan"])
+def test_ema_decay_outside_zero_to_one_is_a_config_error_naming_the_key(value):
+    with pytest.raises(ConfigError, match=r"model\.unet\.ema_decay=.*\[0, 1\)"):
+        load_config(None, [f"model.unet.ema_decay={value}"])
 
 
 def federated_state(make_config, out_dir, *extra) -> dict[str, torch.Tensor]:
