@@ -41,15 +41,13 @@ def corpus(out: Path, public: int, public_clips: int, private_after: int) -> Pat
 
 
 def pretrained(out: Path, data: Path, seed: int, overrides: list[str]) -> Path:
-    from privfedtalk.config import load_config
-    from privfedtalk.demo import FULL, _common
+    from privfedtalk.demo import FULL, pretrain_config
     from privfedtalk.pretrain import pretrain
 
     run = out / f"seed{seed}"
     checkpoint = run / "checkpoint"
     if not (checkpoint / "generator.json").is_file():
-        extra = [f"seed={seed}", f"out_dir={run}"]
-        pretrain(load_config(None, _common(data, FULL) + FULL["pretrain"] + list(overrides) + extra))
+        pretrain(pretrain_config(data, FULL, run, [*overrides, f"seed={seed}"]))
     return checkpoint
 
 

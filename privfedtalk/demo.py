@@ -136,10 +136,13 @@ def _backbone(out: Path, data: Path, preset: dict) -> Path:
 
     checkpoint = out / "pretrain" / "checkpoint"
     if not (checkpoint / "generator.json").is_file():
-        pretrain(
-            load_config(None, _common(data, preset) + preset["pretrain"] + [f"out_dir={out / 'pretrain'}"])
-        )
+        pretrain(pretrain_config(data, preset, out / "pretrain"))
     return checkpoint
+
+
+def pretrain_config(data: Path, preset: dict, out_dir: Path, extra: list[str] = ()):
+    """The demo's backbone-pretraining config for `data`, written to out_dir; `extra` overrides last."""
+    return load_config(None, _common(data, preset) + preset["pretrain"] + [f"out_dir={out_dir}", *extra])
 
 
 def _evaluate_backbone(data: Path, checkpoint: Path, preset: dict):
