@@ -74,3 +74,19 @@ def test_run_benchmark_is_the_package_command_line():
     assert module.main is main
     tree = ast.parse((EXPERIMENTS / "run_benchmark.py").read_text())
     assert not [node for node in tree.body if isinstance(node, ast.FunctionDef | ast.ClassDef)]
+
+
+def test_round_throughput_reads_round_rates_and_checks_which_tree_it_imports(tmp_path):
+    import json
+
+    module = load_by_path(EXPERIMENTS / "bench_round_throughput.py")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("federated:\n  local_steps: 10\n")
+    rows = [{"clients": 64, "round_seconds": 32.0}, {"clients": 32, "round_seconds": 8.0}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert module.round_rates(run) == pytest.approx([20.0, 40.0])
+    assert module.ratios([10.0, 12.0], [21.0, 24.0]) == pytest.approx([2.1, 2.0])
+    # The tree's own package is imported; a folder without one falls through to the installed package.
+    assert module.imported_from(module.THIS_TREE).is_relative_to(module.THIS_TREE)
+    assert not module.imported_from(tmp_path).is_relative_to(tmp_path)
