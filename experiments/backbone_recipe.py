@@ -8,11 +8,13 @@ low mean is one failed face or a weak model.
         [--public 96 --public-clips 1] [model.unet.ema_decay=0.995 ...]
 
 The corpus is the demo's synthetic one (`--public 48 --public-clips 2`, the default, is exactly the
-demo's). Identity k is the same face in every corpus and the 8 private identities come after the
-public ones, so two public-set shapes are scored on the same held-out faces by giving both the same
-`--private-after K`: e.g. `--public 96 --public-clips 1 --private-after 96` against `--public 48
---public-clips 2 --private-after 96` (equal public frames; 96 faces or 48). Each seed writes
-OUT/seedS/ (the checkpoint, timings.json) and prints one JSON line; a finished seed is reused.
+demo's). Identity k is the same face in every corpus, so `--private-start K` (the first of the 8
+private identities; default: after the public ones) scores two public-set shapes on the same
+held-out faces: `--public 96 --public-clips 1 --private-start 48` puts 96 public faces around the
+demo's own 8 clients (id048-id055), against the demo's `--public 48 --public-clips 2` (equal public
+frames; 96 faces or 48). A K beyond --public renders the identities in between but leaves them out
+of split.json. Each seed writes OUT/seedS/ (the checkpoint, timings.json) and prints one JSON line; a
+finished seed is reused.
 """
 
 from __future__ import annotations
@@ -22,17 +24,21 @@ import json
 from pathlib import Path
 
 
-def corpus(out: Path, public: int, public_clips: int, private_after: int) -> Path:
-    """The demo's synthetic corpus with identities 0..public-1 public (public_clips each) and
-    private_after..private_after+7 private; identities in between are rendered but not used."""
+def corpus(out: Path, public: int, public_clips: int, private_start: int) -> Path:
+    """The demo's synthetic corpus with identities private_start..private_start+7 private and the first
+    `public` other identities public (public_clips each); identities rendered beyond them are unused."""
     from privfedtalk.data.synthetic import synthesize_corpus
     from privfedtalk.demo import FULL
 
-    data = out / f"data_public{public}x{public_clips}_private{private_after}"
+    data = out / f"data_public{public}x{public_clips}_private{private_start}"
     if not (data / "split.json").is_file():
-        total = private_after + 8
+        total = max(public, private_start) + 8
         shape = dict(
-            FULL["synth"], identities=total, clips=public_clips, public_fraction=private_after / total
+            FULL["synth"],
+            identities=total,
+            clips=public_clips,
+            public_fraction=(total - 8) / total,
+            private_start=private_start,
         )
         split = synthesize_corpus(data, seed=0, **shape)["split"]
         split["public"] = split["public"][:public]
@@ -74,13 +80,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--public", type=int, default=48, help="public identities (the demo: 48)")
     parser.add_argument("--public-clips", type=int, default=2, help="clips per public identity (the demo: 2)")
-    parser.add_argument("--private-after", type=int, help="first private identity (default: --public)")
+    parser.add_argument("--private-start", type=int, help="first private identity (default: --public)")
     args = parser.parse_args()
     out = Path(args.out)
-    private_after = args.public if args.private_after is None else args.private_after
-    if private_after < args.public:
-        parser.error("--private-after must be >= --public (the private identities follow the public ones)")
-    data = corpus(out, args.public, args.public_clips, private_after)
+    private_start = args.public if args.private_start is None else args.private_start
+    if private_start < 0:
+        parser.error("--private-start must be >= 0")
+    data = corpus(out, args.public, args.public_clips, private_start)
     for seed in args.seeds:
         checkpoint = pretrained(out, data, seed, args.overrides)
         timings = json.loads((checkpoint.parent / "timings.json").read_text())

@@ -658,6 +658,7 @@ def synthesize_corpus(
     corruption: str | Corruption | Sequence[str | Corruption] | None = None,
     corrupt_fraction: float = 0.0,
     heldout_clips: int = 1,
+    private_start: int | None = None,
 ) -> dict:
     """Write the synthetic corpus and return its manifest.
 
@@ -668,6 +669,8 @@ def synthesize_corpus(
     [relative mp4 paths]}, "fps", "size", ...}.
     `private_clips` (default `clips`) sets the clip count of private identities: many public identities
     with few clips each make a backbone that generalizes, while clients need several clips each.
+    `private_start` (default: after the public ones) is the first of the consecutive private
+    identities; the public ones are all the others, so the public set can grow around fixed clients.
     `private_mouth_lag` > 0 makes the private identities' mouths trail their audio by that many frames
     (a speaking style the public backbone never saw): a domain shift that federated adapters can learn
     from all clients' data, while each client alone has only its own few clips.
@@ -707,18 +710,27 @@ def synthesize_corpus(
     n_pub = int(math.floor(identities * public_fraction + 0.5))
     if identities >= 2:
         n_pub = min(max(n_pub, 1), identities - 1)
-    corrupted = _choose_corrupted(seed, names[n_pub:], kinds, float(corrupt_fraction))
+    start = n_pub if private_start is None else int(private_start)
+    if not 0 <= start <= n_pub:
+        raise ConfigError(
+            f"private_start must be in [0, {n_pub}] (the {identities - n_pub} private identities must fit "
+            f"among the {identities}), got {private_start}"
+        )
+    private = names[start : start + identities - n_pub]
+    public = [name for name in names if name not in private]
+    corrupted = _choose_corrupted(seed, private, kinds, float(corrupt_fraction))
     corrupted_clips: dict[str, list[str]] = {ident: [] for ident in corrupted}
     manifest_clips: dict[str, list[str]] = {}
     for k, ident in enumerate(names):
         face = _make_face(seed, k, size)
         (root / ident).mkdir(exist_ok=True)
         manifest_clips[ident] = []
-        n_clips = clips if k < n_pub or private_clips is None else private_clips
+        is_private = ident in private
+        n_clips = private_clips if is_private and private_clips is not None else clips
         for c in range(n_clips):
             trained = len(split_heldout(range(n_clips), heldout_clips)[0])
             kind = corrupted.get(ident) if c < trained else None
-            lag = private_mouth_lag if k >= n_pub else 0
+            lag = private_mouth_lag if is_private else 0
             frames, audio, truth = _synth_clip(face, seed, k, c, num, fps, size, lag, kind, identities)
             stem = root / ident / clip_name(c)
             write_video(stem.with_suffix(".mp4"), frames, fps, audio, SAMPLE_RATE)
@@ -727,7 +739,7 @@ def synthesize_corpus(
                 corrupted_clips[ident].append(clip_name(c))
             stem.with_suffix(".json").write_text(json.dumps(truth, sort_keys=True) + "\n")
             manifest_clips[ident].append(f"{ident}/{clip_name(c)}.mp4")
-    split = {"public": names[:n_pub], "private": names[n_pub:]}
+    split = {"public": public, "private": private}
     scenario = _scenario(kinds, corrupt_fraction, heldout_clips, corrupted, corrupted_clips)
     written = split if scenario is None else {**split, "corruption": scenario}
     (root / "split.json").write_text(json.dumps(written, indent=1, sort_keys=True) + "\n")

@@ -122,3 +122,27 @@ def test_private_mouth_lag_shifts_only_private_mouths(tmp_path):
     lags = range(-4, 5)
     best = max(lags, key=lambda k: np.corrcoef(np.roll(loud, k)[4:-4], after[4:-4])[0, 1])
     assert best == 2  # the mouth trails the audio by two frames
+
+
+def test_private_start_puts_the_clients_among_the_public_faces(tmp_path):
+    import pytest
+
+    from privfedtalk.errors import ConfigError
+
+    common = dict(identities=5, clips=1, seconds=0.6, size=32, seed=1, public_fraction=0.6, private_clips=2)
+    after = synthesize_corpus(tmp_path / "after", **common)
+    among = synthesize_corpus(tmp_path / "among", **common, private_start=1, private_mouth_lag=1)
+    assert after["split"] == {"public": ["id000", "id001", "id002"], "private": ["id003", "id004"]}
+    assert among["split"] == {"public": ["id000", "id003", "id004"], "private": ["id001", "id002"]}
+    assert json.loads((tmp_path / "among" / "split.json").read_text()) == among["split"]
+    assert len(among["clips"]["id001"]) == 2 and len(among["clips"]["id003"]) == 1
+    # A face is the same face wherever it sits; only the private ones' mouths lag their audio.
+    for ident in ("id000", "id003"):
+        same = (tmp_path / name / ident / "clip00.json" for name in ("after", "among"))
+        public = [json.loads(path.read_text()) for path in same]
+        assert public[0]["mouth_open"] == public[1]["mouth_open"]
+    lagged = json.loads((tmp_path / "among" / "id001" / "clip00.json").read_text())["mouth_open"]
+    plain = json.loads((tmp_path / "after" / "id001" / "clip00.json").read_text())["mouth_open"]
+    assert lagged[1:] == plain[:-1] and lagged != plain
+    with pytest.raises(ConfigError, match="private_start"):
+        synthesize_corpus(tmp_path / "bad", **common, private_start=4)
