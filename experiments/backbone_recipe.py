@@ -5,16 +5,15 @@ opens scores lip-sync 0 and pulls the 8-clip mean down by 0.12, so the per-clip 
 low mean is one failed face or a weak model.
 
     .venv/bin/python experiments/backbone_recipe.py --out runs/recipe --seeds 0 1 2 \\
-        [--public 96 --public-clips 1] [model.unet.ema_decay=0.995 ...]
+        [--public 48 --public-clips 2] [model.unet.ema_decay=0.995 ...]
 
-The corpus is the demo's synthetic one (`--public 48 --public-clips 2`, the default, is exactly the
-demo's). Identity k is the same face in every corpus, so `--private-start K` (the first of the 8
-private identities; default: after the public ones) scores two public-set shapes on the same
-held-out faces: `--public 96 --public-clips 1 --private-start 48` puts 96 public faces around the
-demo's own 8 clients (id048-id055), against the demo's `--public 48 --public-clips 2` (equal public
-frames; 96 faces or 48). A K beyond --public renders the identities in between but leaves them out
-of split.json. Each seed writes OUT/seedS/ (the checkpoint, timings.json) and prints one JSON line; a
-finished seed is reused.
+The corpus is the demo's synthetic one: the defaults (`--public 96 --public-clips 1 --private-start
+48`) are exactly the demo's, 96 public faces around its 8 clients id048-id055. Identity k is the same
+face in every corpus, so two public-set shapes are scored on the same held-out faces by giving both
+the same `--private-start K` (the first of the 8 private identities): `--public 48 --public-clips 2`
+is the demo's corpus before 2026-12-03 (the same public frames on 48 faces). A K beyond --public
+renders the identities in between but leaves them out of split.json. Each seed writes OUT/seedS/ (the
+checkpoint, timings.json) and prints one JSON line; a finished seed is reused.
 """
 
 from __future__ import annotations
@@ -78,17 +77,15 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="pretraining config overrides (key=value)")
     parser.add_argument("--out", required=True, help="folder for the corpus and one backbone per seed")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--public", type=int, default=48, help="public identities (the demo: 48)")
-    parser.add_argument("--public-clips", type=int, default=2, help="clips per public identity (the demo: 2)")
-    parser.add_argument("--private-start", type=int, help="first private identity (default: --public)")
+    parser.add_argument("--public", type=int, default=96, help="public identities (the demo: 96)")
+    parser.add_argument("--public-clips", type=int, default=1, help="clips per public identity (the demo: 1)")
+    parser.add_argument("--private-start", type=int, default=48, help="first private identity (the demo: 48)")
     args = parser.parse_args()
-    out = Path(args.out)
-    private_start = args.public if args.private_start is None else args.private_start
-    if private_start < 0:
+    if args.private_start < 0:
         parser.error("--private-start must be >= 0")
-    data = corpus(out, args.public, args.public_clips, private_start)
+    data = corpus(Path(args.out), args.public, args.public_clips, args.private_start)
     for seed in args.seeds:
-        checkpoint = pretrained(out, data, seed, args.overrides)
+        checkpoint = pretrained(Path(args.out), data, seed, args.overrides)
         timings = json.loads((checkpoint.parent / "timings.json").read_text())
         row = {"seed": seed, "overrides": args.overrides, **heldout_scores(checkpoint, data)}
         print(json.dumps(dict(row, pretrain_s=timings.get("total_s"))), flush=True)
