@@ -83,9 +83,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.private_start < 0:
         parser.error("--private-start must be >= 0")
-    data = corpus(Path(args.out), args.public, args.public_clips, args.private_start)
+    out = Path(args.out)
+    data = corpus(out, args.public, args.public_clips, args.private_start)
     for seed in args.seeds:
-        checkpoint = pretrained(Path(args.out), data, seed, args.overrides)
+        checkpoint = pretrained(out, data, seed, args.overrides)
         timings = json.loads((checkpoint.parent / "timings.json").read_text())
         row = {"seed": seed, "overrides": args.overrides, **heldout_scores(checkpoint, data)}
         print(json.dumps(dict(row, pretrain_s=timings.get("total_s"))), flush=True)
