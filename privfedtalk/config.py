@@ -148,6 +148,9 @@ class UNetConfig:
     audio_tokens_dim: int = 64
     steps: int = 1500
     batch_windows: int = 4
+    # Frames per pretraining window; 0 = data.window. The U-Net is per-frame and pretraining has no
+    # TDC term, so window=1 with 4x batch_windows gives the same frames with 4x the timesteps.
+    window: int = 0
     lr: float = 5e-4
     # > 0: keep an exponential moving average of the U-Net and audio encoder weights during
     # pretraining (diffusers' EMAModel, decay min(ema_decay, (1+k)/(10+k)) at step k) and save it
@@ -366,6 +369,12 @@ def validate(cfg: Config) -> None:
         "model.unet.ema_decay",
         cfg.model.unet.ema_decay,
         "use [0, 1) (0: save the last weights; e.g. 0.995 averages about the last 200 steps)",
+    )
+    _require(
+        cfg.model.unet.window >= 0,
+        "model.unet.window",
+        cfg.model.unet.window,
+        "use >= 0 (frames per pretraining window; 0: data.window)",
     )
     _validate_federated(cfg.federated)
     _validate_privacy(cfg.privacy, cfg.federated)

@@ -102,10 +102,9 @@ def train_denoiser(
     losses = []
     bar = tqdm(range(unet_cfg.steps), desc="unet", leave=False)
     device = model.device
+    window = unet_cfg.window or cfg.data.window
     for step in bar:
-        latents, reference, audio = sample_windows(
-            latent_clips, unet_cfg.batch_windows, cfg.data.window, generator
-        )
+        latents, reference, audio = sample_windows(latent_clips, unet_cfg.batch_windows, window, generator)
         with precision.autocast():
             out = model.loss(
                 latents.to(device),

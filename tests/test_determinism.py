@@ -140,3 +140,28 @@ def test_two_fresh_tiny_benchmarks_give_the_same_table(tmp_path):
     changed = json.loads(json.dumps(second))
     changed["main"][1]["per_seed"]["0"]["psnr"] += 1e-9
     assert not compare_tables(first, changed)["reproduced"]
+
+
+@pytest.mark.parametrize(("setting", "expected"), [("0", 4), ("1", 1)])
+def test_pretraining_samples_windows_of_the_configured_length(
+    tiny_corpus, tmp_path, monkeypatch, setting, expected
+):
+    """model.unet.window sets the frames per pretraining window (0: data.window), with the frames a
+    step (batch_windows x window) in the caller's hands: the demo trains on 16 one-frame windows."""
+    import privfedtalk.pretrain as pretraining
+
+    seen = []
+    original = pretraining.sample_windows
+
+    def recording(clips, batch, window, generator):
+        seen.append((batch, window))
+        return original(clips, batch, window, generator)
+
+    monkeypatch.setattr(pretraining, "sample_windows", recording)
+    pretrained_weights(tiny_corpus, tmp_path / "w", "data.window=4", f"model.unet.window={setting}")
+    assert seen and set(seen) == {(2, expected)}  # QUICK's batch_windows=2
+
+
+def test_a_negative_pretraining_window_is_a_config_error_naming_the_key():
+    with pytest.raises(ConfigError, match=r"model\.unet\.window=-1 .*>= 0"):
+        load_config(None, ["model.unet.window=-1"])
