@@ -409,17 +409,35 @@ class TalkingHeadGenerator(nn.Module):
         reference = self.encode_frames(reference_frame[None])[0]
         features = torch.cat([torch.as_tensor(np.asarray(d), dtype=torch.float32) for d in drives])
         generator = torch.Generator().manual_seed(seed)
+        # With shared noise a frame's latent depends only on its audio window, so frames with equal
+        # windows (silence, a held sound) are sampled and decoded once.
+        shared = kwargs.get("frame_noise", FrameNoise.shared) in (FrameNoise.shared, FrameNoise.shared.value)
+        kept, index = distinct_rows(features) if shared else (slice(None), slice(None))
         # Half precision at inference on CUDA (the denoiser dominates); fp32 on CPU.
         half = torch.autocast("cuda", dtype=torch.float16, enabled=self.device.type == "cuda")
         with half:
-            latents = self.sample(reference, features, generator, **kwargs)
-        decoded = self.decode_latents(latents)
+            latents = self.sample(reference, features[kept], generator, **kwargs)
+        decoded = self.decode_latents(latents)[index]
         if self.spec.anchor_decode if anchor is None else anchor:
             base = self.decode_latents(reference[None])[0].astype(np.int16)
             change = decoded.astype(np.int16) - base
             decoded = np.clip(reference_frame.astype(np.int16)[None] + change, 0, 255).astype(np.uint8)
         ends = np.cumsum([len(d) for d in drives])[:-1]
         return np.split(decoded, ends)
+
+
+def distinct_rows(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, index): the first row of each distinct value of x (batch, ...) in their original order,
+    and for every row the position of its value in x[kept], so that x[kept][index] equals x."""
+    if len(x) == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    _, inverse = torch.unique(x.flatten(1), dim=0, return_inverse=True)
+    first = torch.full((int(inverse.max()) + 1,), len(x), dtype=torch.long)
+    first = first.scatter_reduce(0, inverse, torch.arange(len(x)), reduce="amin")
+    order = first.argsort()
+    position = torch.empty_like(order)
+    position[order] = torch.arange(len(order))
+    return first[order].numpy(), position[inverse].numpy()
 
 
 def load_pretrained(model_class, folder, what: str):

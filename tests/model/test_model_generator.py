@@ -209,3 +209,40 @@ def test_shared_frame_noise_is_todays_sampler_and_independent_noise_flickers(tin
     assert flicker(independent_video) > 10 * flicker(shared_video) + 1e-3
     with pytest.raises(PrivFedTalkError, match="frame_noise"):
         sample(frame_noise="per-frame")
+
+
+def test_frames_with_equal_audio_windows_are_sampled_once(tiny_checkpoint, tiny_corpus, monkeypatch):
+    """With shared noise a frame's latent depends only on its audio window, so generate_many samples
+    each distinct window once (a silence drive is one window): the latents must be the ones sampling
+    every frame gives, and the sampler must see only the distinct windows."""
+    from privfedtalk.evaluate import clip_features, load_eval_clips
+    from privfedtalk.model.generator import distinct_rows
+
+    model = TalkingHeadGenerator.from_pretrained(tiny_checkpoint)
+    (clip,) = load_eval_clips(tiny_corpus, None, model.spec, max_clips=1)
+    silence = clip_features(clip, np.zeros_like(clip.audio), model.spec)
+    drives = [clip.features[:6], silence[:8], clip.features[:3]]  # the last repeats the first's windows
+    rows = torch.cat([torch.as_tensor(d, dtype=torch.float32) for d in drives])
+    kept, index = distinct_rows(rows)
+    assert torch.equal(rows[kept][index], rows) and list(kept) == sorted(kept)
+    # 8 silent windows are one (the clip may open with it too); the repeated 3 are the first drive's
+    assert len(kept) == len({tuple(r.flatten().tolist()) for r in rows}) <= 6 + 1
+
+    reference = model.encode_frames(clip.frames[:1])[0]
+    every_frame = model.sample(reference, rows, torch.Generator().manual_seed(2), steps=2)
+    once = model.sample(reference, rows[kept], torch.Generator().manual_seed(2), steps=2)[index]
+    assert torch.allclose(once, every_frame, atol=1e-5)
+
+    sampled = []
+    original = model.sample
+
+    def recording(reference, features, *args, **kwargs):
+        sampled.append(len(features))
+        return original(reference, features, *args, **kwargs)
+
+    monkeypatch.setattr(model, "sample", recording)
+    videos = model.generate_many(clip.frames[0], drives, seed=2, steps=2)
+    assert sampled == [len(kept)] and [len(v) for v in videos] == [6, 8, 3]
+    assert np.array_equal(videos[2], videos[0][:3]) and np.array_equal(videos[1], videos[1][:1].repeat(8, 0))
+    model.generate_many(clip.frames[0], drives, seed=2, steps=2, frame_noise="independent")
+    assert sampled[-1] == len(rows)  # independent noise: every frame is its own sample
