@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import math
 
-from privfedtalk.demo import FULL, QUICK
+from privfedtalk.demo import QUICK
 
 # The demo's corpus and backbone settings are the single source for `tiny` and `small`, so the
 # benchmark can reuse `make demo`'s backbone (--checkpoint demo_out/pretrain/checkpoint --data demo_out/data).
@@ -86,10 +86,10 @@ PRESETS: dict[str, dict] = {
     },
     # `make run-benchmark` on a 2-core CPU (target: <= 45 min in all, backbone pretraining included).
     # Corpus as `make demo`'s was until 2026-12-03: 56 identities, 48 public (2 clips x 3 s: the backbone
-    # generalizes from many faces) and 8 private clients (4 clips x 3 s: 3 to train, 1 held out). Backbone as
-    # privfedtalk/demo.py FULL. Every row at 3 seeds: 27 federated runs (12 main, 3 centralized, 6
-    # ablation, 6 privacy-utility; adapters-only, full and eps-8 reuse fedavg's and privfedtalk's runs)
-    # + 3 canary audits (one per privacy-utility row, seed 0, not evaluated).
+    # generalizes from many faces) and 8 private clients (4 clips x 3 s: 3 to train, 1 held out).
+    # Backbone as privfedtalk/demo.py FULL's was until 2026-12-03. Every row at 3 seeds: 27 federated
+    # runs (12 main, 3 centralized, 6 ablation, 6 privacy-utility; adapters-only, full and eps-8 reuse
+    # fedavg's and privfedtalk's runs) + 3 canary audits (one per privacy-utility row, seed 0, not evaluated).
     # Domain shift: the private speakers' mouths trail their audio by 2 frames, which the public
     # backbone never saw. Without it the backbone already fits the clients and every row ties (all
     # methods within 0.1 dB, docs/results.md): there is nothing for federation to learn. lr 1e-2: at
@@ -129,7 +129,13 @@ PRESETS: dict[str, dict] = {
             "seed": 0,
             "private_mouth_lag": 2,
         },
-        "pretrain": FULL["pretrain"],
+        # The backbone recipe the committed table was made with (the demo's until 2026-12-03).
+        "pretrain": [
+            "model.vae.steps=800",
+            "model.vae.batch_size=8",
+            "model.unet.steps=1500",
+            "model.diffusion.sample_steps=10",
+        ],
         "federated": [
             "federated.rounds=6",
             "federated.clients_per_round=4",
